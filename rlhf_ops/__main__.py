@@ -1,0 +1,6 @@
+"""`python -m rlhf_ops +experiment=NAME [overrides]`: see rlhf_ops.cli and README.md."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Artifacts on disk: atomic checkpoint/dataset writes, stage metadata, input validation.
+
+Every artifact is written under a temporary sibling (`<name>.tmp`) and renamed into place, so a
+reader never sees a half-written checkpoint or table: a crash leaves only a `.tmp` to clean up.
+A finished stage directory holds `stage_meta.json`; its presence is what "finished" means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+META_FILE = "stage_meta.json"
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+class InputError(ValueError):
+    """Bad input (a file, row or key), raised before any training starts."""
+
+
+class OutputExistsError(FileExistsError):
+    """The output directory already holds a finished stage."""
+
+
+def is_finished(path: str | Path) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+def read_meta(path: str | Path) -> dict:
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
+def check_output(path: str | Path, overwrite: bool) -> None:
+    """Refuse to touch a finished stage's outputs unless told to overwrite."""
+    path = Path(path)
+    if path.exists() and is_finished(path) and not overwrite:
+        raise OutputExistsError(
+            f"{path} already holds a finished stage ({META_FILE} present); "
+            "pass overwrite=true to replace it, or choose another output path"
+        )
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a directory")
+
+
+@contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success rename it to `final`.
+
+    An existing unfinished `final` (a leftover without metadata) is moved aside, never deleted;
+    an existing finished one is replaced only with overwrite=True (moved to `<final>.old` first,
+    removed after the new one is in place).
+    """
+    final = Path(final)
+    check_output(final, overwrite)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        suffix = ".old" if is_finished(final) else f".interrupted-{int(time.time())}"
+        old = final.with_name(final.name + suffix)
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None and old.name.endswith(".old"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def write_meta(stage_dir: str | Path, meta: dict) -> None:
+    write_json_atomic(Path(stage_dir) / META_FILE, meta)
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a parquet or JSON-lines table atomically (suffix decides)."""
+    path = Path(path)
+    if path.suffix not in TABLE_SUFFIXES:
+        raise InputError(f"{path}: unsupported table format (use one of {', '.join(TABLE_SUFFIXES)})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        df.to_parquet(tmp, index=False)
+    else:
+        df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_table(path: str | Path, *, required: tuple[str, ...] = (), nonempty_text: tuple[str, ...] = (),
+               what: str = "dataset") -> pd.DataFrame:
+    """Read a parquet/JSONL table and check it: the file exists, has rows and the required columns,
+    and the text columns hold non-empty strings. Errors name the file, the row and the column."""
+    path = Path(path)
+    if not str(path) or not path.exists():
+        raise InputError(f"{what} file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{what} path is a directory, expected a .parquet or .jsonl file: {path}")
+    if path.suffix not in TABLE_SUFFIXES:
+        raise InputError(f"{path}: unsupported {what} format (use .parquet or .jsonl)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} file is empty: {path}")
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_json(path, lines=True, dtype=False)
+    except ValueError as e:
+        raise InputError(f"{path}: cannot parse {what}: {e}") from e
+    if len(df) == 0:
+        raise InputError(f"{what} file has no rows: {path}")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+    for col in nonempty_text:
+        for i, v in enumerate(df[col].tolist()):
+            if not isinstance(v, str) or not v.strip():
+                raise InputError(f"{path}: row {i}: column '{col}' is empty or not text ({v!r})")
+    return df
+
+
+def check_finite(values: dict[str, Any], where: str) -> None:
+    for k, v in values.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise FloatingPointError(f"{where}: metric '{k}' is {v}")

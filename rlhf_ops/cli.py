@@ -1,0 +1,148 @@
+"""Command line: `python -m rlhf_ops +experiment=NAME [overrides]` (add `-m` for a sweep).
+
+Before Hydra starts, the overrides are composed once against the typed schema so that a
+misspelled key, a wrong type or an unknown config option fails in ONE line naming it, before any
+model is built. Sweep overrides (`a=1,2,3`) are checked with each of their values.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from . import config as _config  # noqa: F401  (registers the schema with the ConfigStore)
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# Hydra flags that print or inspect instead of running: leave them to Hydra.
+_PASSTHROUGH = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                "--version", "--resolve", "--config-dir", "-cd", "--config-path", "-cp", "--experimental-rerun"}
+_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--package", "-p"}
+
+
+class ConfigError(ValueError):
+    """A config problem found before any work starts; printed as one line."""
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], str] | None:
+    """The overrides and the config name, or None when Hydra should handle the arguments itself."""
+    overrides, name, skip = [], "config", False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a.split("=")[0] in _PASSTHROUGH:
+            return None
+        if a in _FLAGS_WITH_VALUE:
+            if a in ("--config-name", "-cn") and i + 1 < len(argv):
+                name = argv[i + 1]
+            skip = True
+            continue
+        if a.startswith("--config-name="):
+            name = a.split("=", 1)[1]
+            continue
+        if a.startswith("-"):
+            continue
+        overrides.append(a)
+    return overrides, name
+
+
+def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """One override list per distinct value of each sweep axis (not the full product)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base, variants = [], []
+    for o, text in zip(parsed, overrides):
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            variants.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            base.append(None)
+        else:
+            base.append(text)
+    if not variants:
+        return [overrides]
+    lists = []
+    for axis in range(len(variants)):
+        for value in variants[axis]:
+            chosen, k = [], 0
+            for b in base:
+                if b is not None:
+                    chosen.append(b)
+                else:
+                    chosen.append(value if k == axis else variants[k][0])
+                    k += 1
+            lists.append(chosen)
+    return lists
+
+
+def one_line(exc: BaseException) -> str:
+    """The most specific message in an exception chain, on one line, with the key it names."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            msg = str(e).splitlines()[0]
+            kind = type(e).__name__
+            if kind in ("ConfigKeyError", "ConfigAttributeError") or "not in struct" in msg:
+                return f"unknown config key '{e.full_key}' ({msg})"
+            return f"bad value for '{e.full_key}': {msg}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    opts = [line for line in lines if line.startswith("Available options") or line.startswith("\t")]
+    if "Could not find" in first or "Could not load" in first:
+        options = [line.strip() for line in str(exc).splitlines()[1:] if line.startswith("\t")]
+        if options:
+            first += " (available: " + ", ".join(options) + ")"
+    elif opts:
+        first += " " + " ".join(opts)
+    return first
+
+
+def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+
+
+def precheck(argv: list[str]) -> str | None:
+    """None if the command line composes; else a one-line error."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    parsed = split_argv(argv)
+    if parsed is None:
+        return None
+    overrides, name = parsed
+    try:
+        from .validate import validate_config
+
+        for ov in _expand_sweeps(overrides):
+            cfg = compose(ov, name)
+            validate_config(cfg)
+    except Exception as e:  # noqa: BLE001 - every composition problem becomes one line
+        return one_line(e)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig):
+    from .run import run
+
+    return run(cfg)
+
+
+def main() -> None:
+    err = precheck(sys.argv[1:])
+    if err:
+        print(f"rlhf_ops: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()

@@ -1,0 +1,282 @@
+"""Typed config schemas behind the YAML in conf/, registered with Hydra's ConfigStore.
+
+The root `RunConfig` is stored as the `schema` node and is the first entry of conf/config.yaml's
+defaults, so every YAML file and every command-line override is merged onto a structured config:
+an unknown key or a wrong type fails at start-up (see `rlhf_ops.cli`), before any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+MISSING_PATH = ""  # an unset path: stages fill it from the loop state or fail naming the key
+
+
+@dataclass
+class ModelConfig:
+    # Local HF checkpoint directory of a causal LM to start from; empty = build a tiny Llama from
+    # the fields below with a tokenizer trained on the task's text.
+    path: str = ""
+    # Tiny-Llama shape (ignored when `path` is set).
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    max_position_embeddings: int = 256
+    vocab_size: int = 1024
+    # Where the reward model starts: policy (the SFT policy's backbone + a fresh head, usual) or
+    # scratch (a fresh tiny model of the reward_* shape, e.g. a deliberately weak RM).
+    reward_init: str = "policy"
+    # Reward/value models: their own (often smaller) shape; 0 = same as the policy's.
+    reward_hidden_size: int = 0
+    reward_num_layers: int = 0
+    # Remote code is never run unless a user asks for it.
+    trust_remote_code: bool = False
+    torch_dtype: str = "float32"
+
+
+@dataclass
+class TaskConfig:
+    name: str = "reviews"
+    seed: int = 0
+    n_train_prompts: int = 600
+    n_eval_prompts: int = 64
+    n_gold_eval_prompts: int = 64
+    # SFT demonstrations written by the task's grammar.
+    sft_demos_per_prompt: int = 2
+    # Keep only demonstrations at or above this gold reward (null = keep all).
+    sft_min_gold: Optional[float] = None
+    # Offline preference pairs for the reward-model warm-up (grammar samples, annotator labels).
+    n_offline_pairs: int = 600
+    # Which annotator of the default panel labels offline pairs.
+    annotator: str = "careful"
+    tokenizer_corpus_size: int = 3000
+
+
+@dataclass
+class SFTStageConfig:
+    learning_rate: float = 1e-3
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_length: int = 96
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    logging_steps: int = 10
+
+
+@dataclass
+class RewardStageConfig:
+    learning_rate: float = 5e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_length: int = 96
+    # K members with different seeds and bootstrap resamples of the pairs (Coste et al. 2023).
+    ensemble_size: int = 1
+    bootstrap: bool = True
+    # Fraction of pairs held out to measure accuracy (0 = none).
+    eval_fraction: float = 0.1
+    # Centre rewards around zero (TRL's center_rewards_coefficient).
+    center_rewards_coefficient: Optional[float] = 0.01
+    logging_steps: int = 10
+
+
+@dataclass
+class PPOStageConfig:
+    learning_rate: float = 3e-5
+    # KL coefficient; the loop's controller overrides it per iteration (loop.kl.beta).
+    kl_coef: float = 0.05
+    total_episodes: int = 256
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    num_mini_batches: int = 1
+    num_ppo_epochs: int = 4
+    response_length: int = 48
+    temperature: float = 0.7
+    # Penalty added to the score of a response with no EOS (null = none).
+    missing_eos_penalty: Optional[float] = 1.0
+    kl_estimator: str = "k1"
+    cliprange: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    local_rollout_forward_batch_size: int = 64
+    logging_steps: int = 1
+
+
+@dataclass
+class DPOStageConfig:
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_length: int = 128
+    logging_steps: int = 10
+
+
+@dataclass
+class StagesConfig:
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    reward: RewardStageConfig = field(default_factory=RewardStageConfig)
+    ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+
+
+@dataclass
+class LauncherConfig:
+    # 1 = train in the orchestrator's own process; >1 = `accelerate launch --num_processes N`.
+    num_processes: int = 1
+    # Path to a DeepSpeed JSON (relative paths resolve against the repo's conf/ folder); empty = none.
+    deepspeed: str = ""
+    mixed_precision: str = "no"
+    # Extra `accelerate launch` arguments, e.g. ["--main_process_port", "29511"].
+    extra_args: list[str] = field(default_factory=list)
+    # Seconds before a launched stage is killed (0 = no limit).
+    timeout_s: int = 0
+
+
+@dataclass
+class IOConfig:
+    """Paths for running one stage on its own (job=sft|reward|ppo|dpo)."""
+
+    policy: str = MISSING_PATH
+    ref: str = MISSING_PATH
+    reward_model: str = MISSING_PATH
+    value_model: str = MISSING_PATH
+    data: str = MISSING_PATH
+    output: str = MISSING_PATH
+
+
+@dataclass
+class KLConfig:
+    # fixed | adaptive (the proportional controller of Ziegler et al. 2019)
+    controller: str = "fixed"
+    beta: float = 0.05
+    target: float = 2.0
+    horizon: int = 1000
+    min_beta: float = 1e-4
+    max_beta: float = 10.0
+    # Beta multiplier over iterations: constant | linear | cosine from start_mult to end_mult.
+    schedule: str = "constant"
+    start_mult: float = 1.0
+    end_mult: float = 1.0
+
+
+@dataclass
+class ScheduleSpec:
+    # always | every | on_trigger | never
+    kind: str = "always"
+    every: int = 1
+    # first iteration the node may run
+    offset: int = 0
+    # inclusive [first, last] iteration windows where the node never runs
+    freeze: list[list[int]] = field(default_factory=list)
+    # trigger name (on_trigger; an `every` node also runs when it is set)
+    trigger: Optional[str] = None
+
+
+@dataclass
+class NodeSpec:
+    name: str = "???"
+    # operation (rlhf_ops.loop.ops.OPS); defaults to the node's name
+    op: str = ""
+    # loop-state keys read and written (the graph orders nodes by them)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+
+
+@dataclass
+class LoopConfig:
+    # online_ppo | iterative_dpo | offline_dpo | stages_once
+    name: str = "online_ppo"
+    # The graph: setup nodes run once, then `nodes` run every iteration (see conf/loop/).
+    setup: list[NodeSpec] = field(default_factory=list)
+    nodes: list[NodeSpec] = field(default_factory=list)
+    iterations: int = 3
+    # Prompts collected per iteration and completions per prompt.
+    prompts_per_iteration: int = 64
+    completions_per_prompt: int = 2
+    # Policy update: ppo | dpo
+    policy_update: str = "ppo"
+    # DPO's pairs: fresh (this iteration's labels: iterative DPO) | offline (the fixed warm-up set)
+    dpo_data: str = "fresh"
+    # Gold evaluation: completions per frozen gold-eval prompt; temperature (null = PPO's).
+    eval_samples_per_prompt: int = 2
+    eval_temperature: Optional[float] = None
+    # What to do with malformed rows of an imported human-label file: error | skip
+    human_labels_on_error: str = "error"
+    # Labeler of fresh completions: annotator | reward_model | human
+    labeler: str = "annotator"
+    annotator: str = "careful"
+    # RM update schedule: every N iterations (null = never by count), on KL since last update.
+    rm_update_every: Optional[int] = 1
+    rm_update_kl_threshold: Optional[float] = None
+    rm_freeze: list[list[int]] = field(default_factory=list)
+    # Share of replayed old pairs in each RM update's training mix.
+    rm_replay_ratio: float = 0.5
+    # Share of the fresh pairs held out to validate an RM update (old vs new accuracy).
+    rm_heldout_fraction: float = 0.25
+    rm_accuracy_tolerance: float = 0.02
+    # How PPO combines an RM ensemble: mean | min | uncertainty
+    ensemble_reduce: str = "mean"
+    ensemble_lambda: float = 1.0
+    kl: KLConfig = field(default_factory=KLConfig)
+    # Learning-rate multiplier over iterations.
+    lr_schedule: str = "constant"
+    lr_end_mult: float = 1.0
+    # Gate: detectors (list of dicts, see rlhf_ops.control.detectors) and the head-to-head rule.
+    detectors: list[Any] = field(default_factory=list)
+    gate_vote: str = "any"
+    min_win_rate: float = 0.4
+    beta_remedy_factor: float = 2.0
+    lr_remedy_factor: float = 0.5
+    max_rollbacks: int = 5
+
+
+@dataclass
+class TrackingConfig:
+    # wandb mode: offline (no account needed) | online | disabled
+    wandb_mode: str = "offline"
+    project: str = "rlhf_ops"
+    group: str = ""
+
+
+@dataclass
+class RunConfig:
+    # What to run: loop | sft | reward | ppo | dpo | build_models
+    job: str = "loop"
+    # Experiment name (set by conf/experiment/*.yaml).
+    name: str = "default"
+    # The run directory: ledger + artifacts; re-running on the same run_dir resumes.
+    run_dir: str = "${hydra:runtime.output_dir}"
+    seed: int = 0
+    # Replace a finished stage's outputs instead of refusing.
+    overwrite: bool = False
+    # Resume even if the config differs from the one the run dir was started with.
+    allow_config_change: bool = False
+    # Print a progress bar for long steps.
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    stage: StagesConfig = field(default_factory=StagesConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    io: IOConfig = field(default_factory=IOConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="schema", node=RunConfig)
+
+
+register_configs()

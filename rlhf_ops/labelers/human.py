@@ -1,0 +1,123 @@
+"""A human labelling queue through files.
+
+The first time an iteration reaches `label`, the pairs to judge are exported to
+`<run_dir>/human_queue/iter_NNN/to_label.jsonl` (one {"pair_id", "prompt", "a", "b"} per line) and
+the loop stops with a message saying what to fill in. A person (or a labelling tool) writes
+`labels.jsonl` beside it, one {"pair_id": ..., "choice": "a" | "b"} per line; re-running the same
+command imports it and the loop goes on.
+
+Imported labels are validated line by line against that schema: bad JSON, a missing field, a
+wrong type, an empty id, an unknown pair id or a duplicate is an error naming the file and line,
+or (with on_error="skip") a skipped row counted in a warning. Never silent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import InputError
+from ..graph import StopLoop
+from ..testbed.builders import PAIR_COLUMNS, _pair_id
+from ..testbed.gold import gold_reward
+
+log = logging.getLogger(__name__)
+EXPORT, LABELS = "to_label.jsonl", "labels.jsonl"
+CHOICES = ("a", "b")
+
+
+def read_labels(path: Path, known_ids: set[str], on_error: str = "error") -> tuple[dict[str, str], list[str]]:
+    """{pair_id: choice} from a labels file, and the problems found (each naming the line)."""
+    choices: dict[str, str] = {}
+    problems: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"{where}: not valid JSON ({e.msg})")
+                continue
+            if not isinstance(row, dict):
+                problems.append(f"{where}: expected a JSON object, got {type(row).__name__}")
+                continue
+            missing = [k for k in ("pair_id", "choice") if k not in row]
+            if missing:
+                problems.append(f"{where}: missing field(s) {missing}")
+                continue
+            pid, choice = row["pair_id"], row["choice"]
+            if not isinstance(pid, str) or not isinstance(choice, str):
+                problems.append(f"{where}: 'pair_id' and 'choice' must be strings "
+                                f"(got {type(pid).__name__}, {type(choice).__name__})")
+                continue
+            if not pid.strip():
+                problems.append(f"{where}: empty 'pair_id'")
+                continue
+            if choice not in CHOICES:
+                problems.append(f"{where}: 'choice' must be 'a' or 'b', got {choice!r}")
+                continue
+            if pid not in known_ids:
+                problems.append(f"{where}: unknown pair_id {pid!r} (not in {EXPORT})")
+                continue
+            if pid in choices:
+                problems.append(f"{where}: duplicate label for pair_id {pid!r}")
+                continue
+            choices[pid] = choice
+    if problems and on_error != "skip":
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)
+    if problems:
+        log.warning("skipped %d malformed label row(s) in %s; first: %s", len(problems), path, problems[0])
+    return choices, problems
+
+
+class HumanQueueLabeler:
+    def __init__(self, on_error: str = "error"):
+        self.on_error = on_error
+
+    def label(self, prompt_rows: list[dict], candidates: list[list[str]], *, iteration: int, checkpoint: str,
+              work_dir) -> pd.DataFrame:
+        queue = Path(work_dir)
+        queue.mkdir(parents=True, exist_ok=True)
+        export = queue / EXPORT
+        if not export.exists():
+            rows = []
+            for k, (row, cs) in enumerate(zip(prompt_rows, candidates)):
+                distinct = list(dict.fromkeys(cs))
+                if len(distinct) < 2:
+                    continue
+                a, b = distinct[0], distinct[1]
+                rows.append({"pair_id": _pair_id("human", iteration, checkpoint, row["prompt_id"], k, a, b),
+                             "prompt": row["prompt"], "prompt_id": row["prompt_id"], "a": a, "b": b})
+            tmp = export.with_name(EXPORT + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            os.replace(tmp, export)
+        labels = queue / LABELS
+        if not labels.exists():
+            n = sum(1 for _ in open(export, encoding="utf-8"))
+            raise StopLoop(
+                f"waiting for human labels: {n} pairs in {export}. Write {labels} with one line per pair, "
+                '{"pair_id": "...", "choice": "a"} (or "b"), then re-run the same command to continue.'
+            )
+        pending = [json.loads(line) for line in open(export, encoding="utf-8") if line.strip()]
+        by_id = {p["pair_id"]: p for p in pending}
+        choices, _ = read_labels(labels, set(by_id), self.on_error)
+        if not choices:
+            raise InputError(f"{labels}: no usable labels")
+        records = []
+        for pid, choice in choices.items():
+            p = by_id[pid]
+            chosen, rejected = (p["a"], p["b"]) if choice == "a" else (p["b"], p["a"])
+            records.append({"pair_id": pid, "prompt": p["prompt"], "prompt_id": p["prompt_id"],
+                            "chosen": chosen, "rejected": rejected,
+                            "gold_chosen": gold_reward(p["prompt"], chosen),
+                            "gold_rejected": gold_reward(p["prompt"], rejected),
+                            "labeler": "human", "iteration": iteration, "policy_checkpoint": checkpoint,
+                            "source": "policy"})
+        return pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)

@@ -1,0 +1,106 @@
+"""Running a training stage: in-process, or under `accelerate launch` (several processes, DeepSpeed).
+
+The orchestrator stays one process. `run_stage` validates the stage's inputs, trains into a
+temporary directory, writes `stage_meta.json` there and renames it into place, so an output
+directory is either absent, a `.tmp` leftover, or finished. With `launcher.num_processes > 1` or a
+DeepSpeed config the stage's `train(spec)` runs inside `accelerate launch -m rlhf_ops.stages.worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .artifacts import atomic_dir, check_output, write_meta
+from .stages import dpo, ppo, reward, sft
+
+STAGES = {"sft": sft, "reward": reward, "ppo": ppo, "dpo": dpo}
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+RESULT_FILE = "_result.json"
+SPEC_FILE = "_spec.json"
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def resolve_deepspeed(path: str) -> str:
+    if not path:
+        return ""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = CONF_DIR / path
+    if not p.is_file():
+        raise FileNotFoundError(f"launcher.deepspeed: DeepSpeed config not found: {path} (also looked in {CONF_DIR})")
+    json.loads(p.read_text())  # a malformed JSON fails here, not inside N workers
+    return str(p.resolve())
+
+
+def distributed(launcher: dict) -> bool:
+    return int(launcher.get("num_processes", 1)) > 1 or bool(launcher.get("deepspeed"))
+
+
+def accelerate_command(launcher: dict, spec_path: Path) -> list[str]:
+    import torch
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launcher.get("num_processes", 1)),
+           "--num_machines", "1", "--mixed_precision", launcher.get("mixed_precision", "no")]
+    if launcher.get("deepspeed"):
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", resolve_deepspeed(launcher["deepspeed"])]
+    elif int(launcher.get("num_processes", 1)) > 1:
+        cmd += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu", "--multi_gpu"]
+    cmd += list(launcher.get("extra_args", []))
+    cmd += ["-m", "rlhf_ops.stages.worker", str(spec_path)]
+    return cmd
+
+
+def _launch(spec: dict, launcher: dict) -> dict:
+    tmp = Path(spec["tmp_dir"])
+    spec_path = tmp / SPEC_FILE
+    spec_path.write_text(json.dumps(spec))
+    cmd = accelerate_command(launcher, spec_path)
+    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
+    timeout = launcher.get("timeout_s") or None
+    proc = subprocess.run(cmd, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise StageFailed(f"stage '{spec['stage']}' failed under accelerate launch (exit {proc.returncode}): {' '.join(cmd)}")
+    result = json.loads((tmp / RESULT_FILE).read_text())
+    (tmp / RESULT_FILE).unlink()
+    spec_path.unlink()
+    return result
+
+
+def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: int, launcher: dict | None = None,
+              overwrite: bool = False, extra: dict | None = None, progress: bool = True,
+              trust_remote_code: bool = False) -> dict:
+    """Validate, train and atomically publish one stage. Returns the stage metadata."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage '{stage}' (use one of {sorted(STAGES)})")
+    launcher = dict(launcher or {})
+    module = STAGES[stage]
+    output = Path(output)
+    spec = {
+        "stage": stage, "cfg": dict(cfg), "inputs": {k: str(v) for k, v in inputs.items() if v},
+        "output": str(output), "seed": int(seed), "progress": progress, "trust_remote_code": trust_remote_code,
+        "mixed_precision": launcher.get("mixed_precision", "no"),
+        "deepspeed": resolve_deepspeed(launcher.get("deepspeed", "")), **(extra or {}),
+    }
+    check_output(output, overwrite)
+    module.validate(spec)
+    t0 = time.time()
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        spec["tmp_dir"] = str(tmp)
+        metrics = _launch(spec, launcher) if distributed(launcher) else module.train(spec)
+        meta = {
+            "stage": stage, "config": spec["cfg"], "inputs": spec["inputs"], "output": str(output),
+            "seed": spec["seed"], "metrics": metrics, "wall_s": round(time.time() - t0, 2),
+            "launcher": launcher, "extra": extra or {}, "host": platform.node(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_meta(tmp, meta)
+    return meta

@@ -1,0 +1,150 @@
+"""Tiny models built from config, and loading of any local HF checkpoint.
+
+Nothing is fetched from a hub: the tokenizer is a byte-level BPE trained locally with
+`tokenizers` on the task's text, and the policy / reward / value models are tiny Llamas saved with
+`save_pretrained` (safetensors). Every stage takes checkpoint paths, so a real local checkpoint
+(any causal-LM directory) is used the same way: `model.path=/path/to/checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from .artifacts import InputError
+
+SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (any text round-trips), with distinct pad and EOS tokens: PPO truncates
+    responses at EOS and pads after it, so the two must differ."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+    fast.padding_side = "left"  # generation wants left padding; trainers set their own side
+    return fast
+
+
+def _llama_config(cfg, tokenizer, *, hidden: int, layers: int, num_labels: int | None = None) -> LlamaConfig:
+    heads = cfg.num_heads
+    kv = min(cfg.num_kv_heads, heads)
+    c = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=cfg.intermediate_size * hidden // cfg.hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    if num_labels is not None:
+        c.num_labels = num_labels
+    return c
+
+
+def build_tiny_policy(cfg, tokenizer, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_llama_config(cfg, tokenizer, hidden=cfg.hidden_size, layers=cfg.num_layers))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def build_tiny_reward(cfg, tokenizer, seed: int) -> LlamaForSequenceClassification:
+    torch.manual_seed(seed)
+    hidden = cfg.reward_hidden_size or cfg.hidden_size
+    layers = cfg.reward_num_layers or cfg.num_layers
+    return LlamaForSequenceClassification(_llama_config(cfg, tokenizer, hidden=hidden, layers=layers, num_labels=1))
+
+
+def save_model(model, tokenizer, path: str | Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def check_checkpoint_dir(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not str(path) or not path.is_dir():
+        raise InputError(f"{what} checkpoint not found: {path} (expected a directory from save_pretrained)")
+    if (path / ENSEMBLE_FILE).is_file():
+        return path
+    if not (path / "config.json").is_file():
+        raise InputError(f"{what} checkpoint {path} has no config.json")
+    if not any(path.glob("*.safetensors")):
+        raise InputError(f"{what} checkpoint {path} has no .safetensors weights (only safetensors are loaded)")
+    return path
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    path = Path(path)
+    if (path / ENSEMBLE_FILE).is_file():
+        path = path / json.loads((path / ENSEMBLE_FILE).read_text())["members"][0]
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        raise InputError(
+            f"tokenizer in {path} has no pad token; set one (e.g. tokenizer.pad_token = '<pad>', distinct from EOS) "
+            "and save it again"
+        )
+    return tok
+
+
+def load_policy(path: str | Path, trust_remote_code: bool = False):
+    path = check_checkpoint_dir(path, "policy")
+    return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
+
+
+def load_sequence_classifier(path: str | Path, trust_remote_code: bool = False, num_labels: int = 1):
+    """A reward/value model: an existing classifier, or a causal LM's backbone with a fresh score head
+    (the usual way to start a reward model from the SFT policy)."""
+    path = check_checkpoint_dir(path, "reward/value model")
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=num_labels, trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+
+
+def reward_members(path: str | Path) -> list[Path]:
+    """Member checkpoint directories of a reward model dir (one, or K for an ensemble)."""
+    path = Path(path)
+    if (path / ENSEMBLE_FILE).is_file():
+        return [path / m for m in json.loads((path / ENSEMBLE_FILE).read_text())["members"]]
+    return [path]
+
+
+def check_same_vocab(policy_dir: str | Path, reward_dir: str | Path, trust_remote_code: bool = False) -> None:
+    """PPO scores the policy's token ids with the reward model, so both must share one vocabulary."""
+    pt = load_tokenizer(policy_dir, trust_remote_code)
+    for member in reward_members(reward_dir):
+        rt = load_tokenizer(member, trust_remote_code)
+        if pt.get_vocab() != rt.get_vocab():
+            raise InputError(
+                f"reward model {member} uses a different vocabulary than the policy {policy_dir} "
+                f"({len(rt)} vs {len(pt)} tokens); PPO needs the reward model to share the policy's tokenizer"
+            )

@@ -1,0 +1,74 @@
+"""`run(cfg)`: what one Hydra job does, separate from the thin `@hydra.main` in rlhf_ops.cli.
+
+job=loop runs the experiment's loop (rlhf_ops.loop.runner); job=sft|reward|ppo|dpo runs one stage
+on the io.* paths. In a sweep (Hydra multirun) a failing job is recorded in its run dir
+(`job_status.json`) and does not stop the others; a single run exits non-zero with one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .artifacts import write_json_atomic
+from .validate import validate_config
+
+log = logging.getLogger(__name__)
+STAGE_JOBS = ("sft", "reward", "ppo", "dpo")
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - outside Hydra (tests, API use)
+        return False
+
+
+def run_one_stage(cfg: DictConfig) -> dict:
+    from .launcher import run_stage
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    io = plain["io"]
+    inputs = {k: v for k, v in io.items() if k != "output" and v}
+    meta = run_stage(cfg.job, cfg=plain["stage"][cfg.job], inputs=inputs, output=io["output"], seed=cfg.seed,
+                     launcher=plain["launcher"], overwrite=cfg.overwrite, progress=cfg.progress,
+                     trust_remote_code=cfg.model.trust_remote_code)
+    print(f"rlhf_ops: {cfg.job} finished in {meta['wall_s']}s; output: {io['output']}", flush=True)
+    return meta
+
+
+def run(cfg: DictConfig):
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_MODE", cfg.tracking.wandb_mode)
+    t0 = time.time()
+    try:
+        validate_config(cfg)
+        if cfg.job in STAGE_JOBS:
+            return run_one_stage(cfg)
+        from .loop.runner import run_loop
+
+        return run_loop(cfg)
+    except Exception as e:  # noqa: BLE001 - reported, then re-raised or recorded
+        msg = f"{type(e).__name__}: {e}".splitlines()[0]
+        if _is_multirun():
+            run_dir = Path(str(cfg.run_dir))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "job_status.json", {"status": "failed", "error": msg,
+                                                            "traceback": traceback.format_exc(),
+                                                            "wall_s": round(time.time() - t0, 2)})
+            log.error("job failed (the sweep goes on): %s", msg)
+            return None
+        print(f"rlhf_ops: error: {msg}", file=sys.stderr, flush=True)
+        if os.environ.get("RLHF_OPS_TRACEBACK"):
+            traceback.print_exc()
+        sys.exit(1)

@@ -1,0 +1,94 @@
+"""What every training stage shares: the spec it receives, trainer arguments, metrics.
+
+A stage is called with a *spec*, a plain JSON-serialisable dict, so the same function runs inside
+the orchestrator or inside each `accelerate launch` worker:
+
+    {"stage": "sft", "cfg": {...stage config...}, "inputs": {"policy": ..., "data": ...},
+     "output": "<final dir>", "tmp_dir": "<final dir>.tmp", "seed": 0,
+     "mixed_precision": "no", "trust_remote_code": false, "progress": true}
+
+`validate(spec)` checks inputs in the orchestrator before anything expensive starts;
+`train(spec)` trains and saves into spec["tmp_dir"] and returns metrics. The orchestrator
+(`rlhf_ops.launcher`) writes the metadata and renames the tmp dir into place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def trainer_kwargs(spec: dict, cfg: dict) -> dict:
+    """Arguments common to every TRL config; checkpoints are ours to write, so the trainer saves none."""
+    mp = spec.get("mixed_precision", "no")
+    kw = dict(
+        output_dir=str(Path(spec["tmp_dir"]) / "_trainer"),
+        seed=spec["seed"],
+        data_seed=spec["seed"],
+        report_to=[],
+        save_strategy="no",
+        logging_steps=cfg.get("logging_steps", 10),
+        disable_tqdm=not spec.get("progress", True),
+        use_cpu=not torch.cuda.is_available(),
+        bf16=mp == "bf16",
+        fp16=mp == "fp16",
+        dataloader_num_workers=0,
+        learning_rate=cfg["learning_rate"] * spec.get("lr_scale", 1.0),
+        per_device_train_batch_size=cfg["per_device_train_batch_size"],
+        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
+    )
+    if spec.get("deepspeed"):
+        kw["deepspeed"] = spec["deepspeed"]
+    return kw
+
+
+def log_history_metrics(trainer) -> dict:
+    """Final logged values of the trainer's metrics (loss and friends), plus the step count."""
+    last: dict = {}
+    for row in trainer.state.log_history:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                last[k] = float(v)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    if losses:
+        last["final_loss"] = float(losses[-1])
+    last["global_step"] = int(trainer.state.global_step)
+    return last
+
+
+def check_finite_loss(metrics: dict, stage: str) -> None:
+    for key in ("final_loss", "train_loss"):
+        v = metrics.get(key)
+        if v is not None and not math.isfinite(v):
+            raise FloatingPointError(f"{stage}: {key} is {v}; the trained weights were not saved")
+
+
+def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:
+    trainer.save_model(str(out_dir))
+    # training_args.bin is a pickle; checkpoints here are safetensors and JSON only
+    if trainer.accelerator.is_main_process:
+        (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(str(out_dir))
+    trainer.accelerator.wait_for_everyone()
+
+
+def drop_trainer_dir(spec: dict) -> None:
+    import shutil
+
+    shutil.rmtree(Path(spec["tmp_dir"]) / "_trainer", ignore_errors=True)
+
+
+def require(spec: dict, *names: str) -> None:
+    from ..artifacts import InputError
+
+    for n in names:
+        if not spec["inputs"].get(n):
+            raise InputError(f"stage '{spec['stage']}' needs input '{n}' (io.{n}=PATH)")

@@ -1,0 +1,54 @@
+"""DPO stage: TRL's DPOTrainer on prompt/chosen/rejected pairs, the reference read from a path.
+
+Run on its own:
+    python -m rlhf_ops job=dpo io.policy=PATH/sft io.data=pairs.parquet io.output=PATH/dpo stage.dpo.beta=0.1
+
+`io.ref` defaults to the policy checkpoint. The reference is always loaded explicitly: with
+`ref_model=None` TRL would reload it from the model's own path, which in an iterative loop is not
+the reference we mean.
+"""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from ..models import check_checkpoint_dir, load_policy, load_tokenizer
+from .common import check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .reward import REQUIRED, read_pairs
+
+
+def validate(spec: dict) -> None:
+    require(spec, "policy", "data")
+    check_checkpoint_dir(spec["inputs"]["policy"], "policy")
+    check_checkpoint_dir(spec["inputs"].get("ref") or spec["inputs"]["policy"], "reference")
+    load_tokenizer(spec["inputs"]["policy"], spec.get("trust_remote_code", False))
+    read_pairs(spec["inputs"]["data"])
+
+
+def train(spec: dict) -> dict:
+    from trl import DPOConfig, DPOTrainer
+
+    cfg, inputs, trc = spec["cfg"], spec["inputs"], spec.get("trust_remote_code", False)
+    tokenizer = load_tokenizer(inputs["policy"], trc)
+    model = load_policy(inputs["policy"], trc)
+    ref = load_policy(inputs.get("ref") or inputs["policy"], trc)
+    df = read_pairs(inputs["data"])
+    dataset = Dataset.from_pandas(df[list(REQUIRED)].reset_index(drop=True))
+    args = DPOConfig(
+        **trainer_kwargs(spec, cfg),
+        beta=spec.get("beta", cfg["beta"]),
+        loss_type=cfg["loss_type"],
+        num_train_epochs=cfg["num_train_epochs"],
+        max_steps=cfg["max_steps"],
+        max_length=cfg["max_length"],
+    )
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
+    out = trainer.train()
+    metrics = log_history_metrics(trainer)
+    metrics["train_loss"] = float(out.training_loss)
+    metrics["beta"] = args.beta
+    metrics["n_pairs"] = len(dataset)
+    check_finite_loss(metrics, "dpo")
+    save_trained(trainer, tokenizer, spec["tmp_dir"])
+    drop_trainer_dir(spec)
+    return metrics

@@ -1,0 +1,113 @@
+"""PPO stage: `trl.experimental.ppo.PPOTrainer` (TRL 1.12.0, the last release that has it) with a
+value model, a frozen reference, and a reward model (or RM ensemble) read from checkpoint paths.
+
+Run on its own:
+    python -m rlhf_ops job=ppo io.policy=PATH/sft io.reward_model=PATH/rm io.data=prompts.parquet \
+        io.output=PATH/ppo stage.ppo.kl_coef=0.05
+
+`io.ref` defaults to the policy, `io.value_model` to the (first member of the) reward model: the
+usual TRL practice of starting the critic from the reward model. Prompts are tokenized without
+special tokens and left-padded; responses stop at EOS (PPO needs pad != EOS, checked upstream).
+"""
+
+from __future__ import annotations
+
+import os
+
+from datasets import Dataset
+
+from ..artifacts import InputError, read_table
+from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer, reward_members
+from ..scoring import load_reward_model
+from .common import check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+
+
+def resolve_inputs(spec: dict) -> dict:
+    inputs = dict(spec["inputs"])
+    inputs["ref"] = inputs.get("ref") or inputs["policy"]
+    inputs["value_model"] = inputs.get("value_model") or str(reward_members(inputs["reward_model"])[0])
+    return inputs
+
+
+def read_prompts(path, tokenizer, max_prompt_tokens: int) -> list[str]:
+    df = read_table(path, required=("prompt",), nonempty_text=("prompt",), what="prompt")
+    prompts = df["prompt"].tolist()
+    for i, p in enumerate(prompts):
+        n = len(tokenizer(p, add_special_tokens=False)["input_ids"])
+        if n > max_prompt_tokens:
+            raise InputError(
+                f"{path}: row {i}: prompt is {n} tokens, longer than the {max_prompt_tokens} allowed "
+                "(max_position_embeddings - response_length)"
+            )
+    return prompts
+
+
+def validate(spec: dict) -> None:
+    require(spec, "policy", "reward_model", "data")
+    inputs = resolve_inputs(spec)
+    trc = spec.get("trust_remote_code", False)
+    for key in ("policy", "ref", "reward_model", "value_model"):
+        check_checkpoint_dir(inputs[key], key)
+    tok = load_tokenizer(inputs["policy"], trc)
+    if tok.pad_token_id == tok.eos_token_id:
+        raise InputError(f"tokenizer in {inputs['policy']}: pad token equals EOS; PPO truncates at EOS and pads after it")
+    check_same_vocab(inputs["policy"], inputs["reward_model"], trc)
+    check_same_vocab(inputs["policy"], inputs["value_model"], trc)
+    read_prompts(inputs["data"], tok, _max_prompt_tokens(inputs["policy"], spec["cfg"]))
+
+
+def _max_prompt_tokens(policy_dir, cfg) -> int:
+    from transformers import AutoConfig
+
+    mpe = getattr(AutoConfig.from_pretrained(str(policy_dir)), "max_position_embeddings", 2048)
+    return mpe - cfg["response_length"]
+
+
+def train(spec: dict) -> dict:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    cfg, trc = spec["cfg"], spec.get("trust_remote_code", False)
+    inputs = resolve_inputs(spec)
+    tokenizer = load_tokenizer(inputs["policy"], trc)
+    tokenizer.padding_side = "left"
+    prompts = read_prompts(inputs["data"], tokenizer, _max_prompt_tokens(inputs["policy"], cfg))
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]})
+
+    policy = load_policy(inputs["policy"], trc)
+    ref = load_policy(inputs["ref"], trc)
+    value = load_sequence_classifier(inputs["value_model"], trc)
+    reward = load_reward_model(inputs["reward_model"], spec.get("ensemble_reduce", "mean"),
+                               spec.get("ensemble_lambda", 1.0), trc)
+    for m in (value, reward):
+        m.config.pad_token_id = tokenizer.pad_token_id
+
+    args = PPOConfig(
+        **trainer_kwargs(spec, cfg),
+        total_episodes=cfg["total_episodes"],
+        num_mini_batches=cfg["num_mini_batches"],
+        num_ppo_epochs=cfg["num_ppo_epochs"],
+        response_length=cfg["response_length"],
+        temperature=cfg["temperature"],
+        kl_coef=spec.get("beta", cfg["kl_coef"]),
+        kl_estimator=cfg["kl_estimator"],
+        cliprange=cfg["cliprange"],
+        vf_coef=cfg["vf_coef"],
+        whiten_rewards=cfg["whiten_rewards"],
+        missing_eos_penalty=cfg["missing_eos_penalty"],
+        local_rollout_forward_batch_size=cfg["local_rollout_forward_batch_size"],
+        stop_token="eos",
+        num_sample_generations=0,
+    )
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
+                         reward_model=reward, value_model=value, train_dataset=dataset)
+    trainer.train()
+    metrics = log_history_metrics(trainer)
+    metrics["kl_coef"] = args.kl_coef
+    metrics["n_prompts"] = len(prompts)
+    for key in ("loss/policy_avg", "objective/kl", "objective/scores"):
+        if key in metrics:
+            check_finite_loss({"final_loss": metrics[key]}, f"ppo ({key})")
+    save_trained(trainer, tokenizer, spec["tmp_dir"])
+    drop_trainer_dir(spec)
+    return metrics

@@ -1,0 +1,107 @@
+"""Reward stage: a Bradley-Terry reward model (or an ensemble of K) with TRL's RewardTrainer.
+
+Run on its own:
+    python -m rlhf_ops job=reward io.reward_model=PATH/sft io.data=pairs.parquet io.output=PATH/rm \
+        stage.reward.ensemble_size=3
+
+`io.reward_model` is where training starts: a causal LM (its backbone gets a fresh score head,
+the usual start from the SFT policy) or an earlier reward model, so an online loop continues
+from the previous RM instead of resetting it. With ensemble_size=K each member trains with its
+own seed on a bootstrap resample of the pairs (Coste et al. 2023); members are written to
+`member_k/` with an `ensemble.json` listing them. A held-out slice measures pairwise accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset
+
+from ..artifacts import read_table
+from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_sequence_classifier, load_tokenizer, reward_members
+from ..scoring import member_scores
+from .common import (
+    check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained, trainer_kwargs,
+)
+
+REQUIRED = ("prompt", "chosen", "rejected")
+
+
+def read_pairs(path) -> pd.DataFrame:
+    return read_table(path, required=REQUIRED, nonempty_text=REQUIRED, what="preference")
+
+
+def validate(spec: dict) -> None:
+    require(spec, "reward_model", "data")
+    check_checkpoint_dir(spec["inputs"]["reward_model"], "reward model init")
+    load_tokenizer(spec["inputs"]["reward_model"], spec.get("trust_remote_code", False))
+    df = read_pairs(spec["inputs"]["data"])
+    if spec.get("heldout") is None and len(df) < 4:
+        raise ValueError(f"{spec['inputs']['data']}: {len(df)} pairs is too few to train a reward model")
+
+
+def split_heldout(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if fraction <= 0 or len(df) < 10:
+        return df, df.iloc[:0]
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(df))
+    n_eval = max(1, int(round(len(df) * fraction)))
+    return df.iloc[idx[n_eval:]].reset_index(drop=True), df.iloc[idx[:n_eval]].reset_index(drop=True)
+
+
+def train(spec: dict) -> dict:
+    from trl import RewardConfig, RewardTrainer
+
+    cfg, inputs, seed = spec["cfg"], spec["inputs"], spec["seed"]
+    trc = spec.get("trust_remote_code", False)
+    tokenizer = load_tokenizer(inputs["reward_model"], trc)
+    df = read_pairs(inputs["data"])
+    if spec.get("heldout"):
+        train_df, eval_df = df, read_pairs(spec["heldout"])
+    else:
+        train_df, eval_df = split_heldout(df, cfg.get("eval_fraction", 0.1), seed)
+    k = int(cfg.get("ensemble_size", 1))
+    inits = reward_members(inputs["reward_model"])
+    metrics: dict = {"n_train_pairs": len(train_df), "n_heldout_pairs": len(eval_df), "ensemble_size": k}
+    member_names, accs, losses, margins = [], [], [], []
+    for m in range(k):
+        member_seed = seed + 1000 * m
+        rows = train_df
+        if k > 1 and cfg.get("bootstrap", True):
+            rows = train_df.iloc[np.random.default_rng(member_seed).integers(0, len(train_df), len(train_df))]
+        ds = Dataset.from_pandas(rows[list(REQUIRED)].reset_index(drop=True))
+        model = load_sequence_classifier(inits[m % len(inits)], trc)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        args = RewardConfig(
+            **trainer_kwargs({**spec, "seed": member_seed}, cfg),
+            num_train_epochs=cfg["num_train_epochs"],
+            max_steps=cfg["max_steps"],
+            max_length=cfg["max_length"],
+            center_rewards_coefficient=cfg.get("center_rewards_coefficient"),
+        )
+        trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        out = trainer.train()
+        mm = log_history_metrics(trainer)
+        mm["train_loss"] = float(out.training_loss)
+        check_finite_loss(mm, f"reward member {m}")
+        name = f"member_{m}" if k > 1 else "."
+        save_trained(trainer, tokenizer, f"{spec['tmp_dir']}/{name}")
+        if len(eval_df):
+            margin = (member_scores(model, tokenizer, list(eval_df["prompt"]), list(eval_df["chosen"]))
+                      - member_scores(model, tokenizer, list(eval_df["prompt"]), list(eval_df["rejected"])))[:, 0]
+            margins.append(margin)
+            accs.append(float(np.mean(margin > 0)))
+        member_names.append(name)
+        losses.append(mm.get("final_loss", mm["train_loss"]))
+        metrics.update({f"member_{m}/{key}": v for key, v in mm.items()})
+    if k > 1 and is_main_process():
+        with open(f"{spec['tmp_dir']}/{ENSEMBLE_FILE}", "w") as f:
+            json.dump({"members": member_names, "seeds": [seed + 1000 * m for m in range(k)]}, f)
+    # The ensemble's accuracy is that of its mean score, which is what it hands to PPO by default.
+    metrics["heldout_accuracy"] = float(np.mean(np.mean(margins, 0) > 0)) if margins else float("nan")
+    metrics["member_accuracies"] = accs
+    metrics["final_loss"] = float(np.mean(losses))
+    drop_trainer_dir(spec)
+    return metrics

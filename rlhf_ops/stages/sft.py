@@ -1,0 +1,51 @@
+"""SFT stage: supervised fine-tuning on prompt/completion demonstrations with TRL's SFTTrainer.
+
+Run on its own:
+    python -m rlhf_ops job=sft io.policy=PATH/init io.data=demos.parquet io.output=PATH/sft
+Loss is on the completion only (TRL's default for prompt-completion data); EOS is appended.
+"""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from ..artifacts import read_table
+from ..models import check_checkpoint_dir, load_policy, load_tokenizer
+from .common import check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+
+COLUMNS = ("prompt", "completion")
+
+
+def validate(spec: dict) -> None:
+    require(spec, "policy", "data")
+    check_checkpoint_dir(spec["inputs"]["policy"], "policy")
+    load_tokenizer(spec["inputs"]["policy"], spec.get("trust_remote_code", False))
+    read_table(spec["inputs"]["data"], required=COLUMNS, nonempty_text=COLUMNS, what="SFT")
+
+
+def train(spec: dict) -> dict:
+    from trl import SFTConfig, SFTTrainer
+
+    cfg, inputs = spec["cfg"], spec["inputs"]
+    trc = spec.get("trust_remote_code", False)
+    tokenizer = load_tokenizer(inputs["policy"], trc)
+    model = load_policy(inputs["policy"], trc)
+    df = read_table(inputs["data"], required=COLUMNS, nonempty_text=COLUMNS, what="SFT")
+    dataset = Dataset.from_pandas(df[list(COLUMNS)].reset_index(drop=True))
+    args = SFTConfig(
+        **trainer_kwargs(spec, cfg),
+        num_train_epochs=cfg["num_train_epochs"],
+        max_steps=cfg["max_steps"],
+        max_length=cfg["max_length"],
+        warmup_steps=cfg.get("warmup_steps", 0),
+        weight_decay=cfg.get("weight_decay", 0.0),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    out = trainer.train()
+    metrics = log_history_metrics(trainer)
+    metrics["train_loss"] = float(out.training_loss)
+    metrics["n_examples"] = len(dataset)
+    check_finite_loss(metrics, "sft")
+    save_trained(trainer, tokenizer, spec["tmp_dir"])
+    drop_trainer_dir(spec)
+    return metrics

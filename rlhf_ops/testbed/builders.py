@@ -1,0 +1,156 @@
+"""Dataset builders for the testbed: SFT demos, preference pairs, prompt pools, and table I/O.
+
+Every pair carries its provenance (labeler, iteration, policy checkpoint, source) and the gold
+reward of both texts, so later analysis can tell grammar pairs from on-policy pairs and measure
+label quality exactly. Tables are written atomically (temp file + os.replace) so a reader never
+sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+
+import pandas as pd
+
+from rlhf_ops.testbed.annotators import SimulatedAnnotator
+from rlhf_ops.testbed.gold import gold_reward
+from rlhf_ops.testbed.task import ReviewGrammar
+
+PAIR_COLUMNS = ["pair_id", "prompt", "prompt_id", "chosen", "rejected", "gold_chosen",
+                "gold_rejected", "labeler", "iteration", "policy_checkpoint", "source"]
+SFT_COLUMNS = ["prompt", "completion", "gold", "prompt_id", "source", "seed"]
+POOL_COLUMNS = ["prompt", "prompt_id", "item", "aspect", "split"]
+
+
+def build_sft_demos(prompts: list[dict], n_per_prompt: int, seed: int,
+                    min_gold: float | None = None) -> pd.DataFrame:
+    """Grammar completions for each prompt row; optionally only those with gold >= min_gold."""
+    grammar, rng = ReviewGrammar(seed), random.Random(seed)
+    records = []
+    for row in prompts:
+        for _ in range(n_per_prompt):
+            completion = grammar.sample(row["item"], row["aspect"], rng)
+            gold = gold_reward(row["prompt"], completion)
+            if min_gold is None or gold >= min_gold:
+                records.append({"prompt": row["prompt"], "completion": completion, "gold": gold,
+                                "prompt_id": row["prompt_id"], "source": "grammar",
+                                "seed": seed})
+    return pd.DataFrame.from_records(records, columns=SFT_COLUMNS)
+
+
+def make_pair_id(source: str, iteration: int, policy_checkpoint: str, prompt_id: str, k: int,
+                 a: str, b: str) -> str:
+    """Stable pair id: same inputs, same id; k is the pair's position in its batch."""
+    # Readable prefix for grepping; the hash keeps ids unique across calls with other seeds.
+    digest = hashlib.sha1("\x1f".join([source, str(iteration), policy_checkpoint, prompt_id,
+                                       str(k), a, b]).encode()).hexdigest()[:10]
+    return f"{source}-it{iteration}-{prompt_id}-{k:05d}-{digest}"
+
+
+_pair_id = make_pair_id  # old private name, still imported by rlhf_ops.labelers.reward_model
+
+
+def pairs_from_candidates(prompt_rows: list[dict], candidates: list[list[str]],
+                          annotator: SimulatedAnnotator, *, iteration: int,
+                          policy_checkpoint: str, source: str, rng_seed: int) -> pd.DataFrame:
+    """One labelled pair per prompt from a random pair of its distinct candidates.
+
+    Prompts with fewer than 2 distinct candidates (e.g. a collapsed policy) yield no pair.
+    """
+    if len(prompt_rows) != len(candidates):
+        raise ValueError(f"{len(prompt_rows)} prompt rows but {len(candidates)} candidate lists")
+    rng = random.Random(rng_seed)
+    records = []
+    for k, (row, cands) in enumerate(zip(prompt_rows, candidates)):
+        distinct = list(dict.fromkeys(cands))  # dedupe, keeping order for determinism
+        if len(distinct) < 2:
+            continue
+        a, b = rng.sample(distinct, 2)
+        chosen, rejected = annotator.label(row["prompt"], a, b)
+        pid = make_pair_id(source, iteration, policy_checkpoint, row["prompt_id"], k, a, b)
+        records.append({
+            "pair_id": pid,
+            "prompt": row["prompt"], "prompt_id": row["prompt_id"],
+            "chosen": chosen, "rejected": rejected,
+            "gold_chosen": gold_reward(row["prompt"], chosen),
+            "gold_rejected": gold_reward(row["prompt"], rejected),
+            "labeler": annotator.name, "iteration": iteration,
+            "policy_checkpoint": policy_checkpoint, "source": source,
+        })
+    return pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
+
+
+def build_grammar_pairs(prompts: list[dict], n_pairs: int, annotator: SimulatedAnnotator,
+                        seed: int) -> pd.DataFrame:
+    """`n_pairs` labelled pairs of two grammar samples each, cycling over `prompts`."""
+    if n_pairs > 0 and not prompts:
+        raise ValueError("no prompts to build pairs from")
+    grammar, rng = ReviewGrammar(seed), random.Random(seed)
+    rows, candidates = [], []
+    for k in range(n_pairs):
+        row = prompts[k % len(prompts)]
+        a = grammar.sample(row["item"], row["aspect"], rng)
+        b = grammar.sample(row["item"], row["aspect"], rng)
+        for _ in range(100):  # identical samples are rare; resample so every pair is usable
+            if b != a:
+                break
+            b = grammar.sample(row["item"], row["aspect"], rng)
+        else:
+            raise RuntimeError(f"grammar kept repeating one sample for {row['prompt_id']}")
+        rows.append(row)
+        candidates.append([a, b])
+    return pairs_from_candidates(rows, candidates, annotator, iteration=-1,
+                                 policy_checkpoint="grammar", source="grammar", rng_seed=seed)
+
+
+def build_prompt_pool(prompt_rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame.from_records([{c: r[c] for c in POOL_COLUMNS} for r in prompt_rows],
+                                     columns=POOL_COLUMNS)
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write parquet if `path` ends in .parquet, else JSON lines; atomically (tmp + rename)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        if path.endswith(".parquet"):
+            df.to_parquet(tmp, index=False)
+        else:
+            # json.dumps rather than df.to_json: to_json keeps at most 15 significant digits,
+            # which perturbs gold rewards and can turn a gold tie into a win or vice versa.
+            with open(tmp, "w", encoding="utf-8") as f:
+                for record in df.to_dict(orient="records"):
+                    f.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _jsonable(record: dict) -> dict:
+    out = {}
+    for key, value in record.items():
+        if hasattr(value, "item"):  # numpy scalar
+            value = value.item()
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        out[key] = value
+    return out
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by `write_table`.
+
+    JSON lines keep no schema, so an empty .jsonl table reads back with no columns.
+    """
+    path = os.fspath(path)
+    if path.endswith(".parquet"):
+        return pd.read_parquet(path)
+    # Parsed with json (not pd.read_json) so floats round-trip exactly and ids stay strings.
+    with open(path, encoding="utf-8") as f:
+        return pd.DataFrame.from_records([json.loads(line) for line in f if line.strip()])

@@ -1,0 +1,94 @@
+"""Checks of a composed config that the schema's types cannot express, run before any work.
+
+Every error is a ValueError naming the key, so the CLI prints it on one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+JOBS = ("loop", "sft", "reward", "ppo", "dpo")
+CHOICES = {
+    "loop.policy_update": ("ppo", "dpo"),
+    "loop.labeler": ("annotator", "reward_model", "human"),
+    "loop.ensemble_reduce": ("mean", "min", "uncertainty"),
+    "loop.kl.controller": ("fixed", "adaptive"),
+    "loop.kl.schedule": ("constant", "linear", "cosine"),
+    "loop.lr_schedule": ("constant", "linear", "cosine"),
+    "loop.dpo_data": ("fresh", "offline"),
+    "loop.human_labels_on_error": ("error", "skip"),
+    "loop.annotator": ("careful", "typical", "noisy", "length_biased"),
+    "task.annotator": ("careful", "typical", "noisy", "length_biased"),
+    "model.reward_init": ("policy", "scratch"),
+    "launcher.mixed_precision": ("no", "bf16", "fp16"),
+    "tracking.wandb_mode": ("offline", "online", "disabled"),
+    "stage.ppo.kl_estimator": ("k1", "k3"),
+}
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate_config(cfg) -> None:
+    if cfg.job not in JOBS:
+        raise ValueError(f"job: '{cfg.job}' is not one of {JOBS}")
+    for key, allowed in CHOICES.items():
+        v = _get(cfg, key)
+        if v not in allowed:
+            raise ValueError(f"{key}: '{v}' is not one of {allowed}")
+    ppo = cfg.stage.ppo
+    batch = ppo.per_device_train_batch_size * ppo.gradient_accumulation_steps
+    if batch % ppo.num_mini_batches:
+        raise ValueError(f"stage.ppo.num_mini_batches={ppo.num_mini_batches} must divide the batch "
+                         f"(per_device_train_batch_size x gradient_accumulation_steps = {batch})")
+    if ppo.total_episodes < batch:
+        raise ValueError(f"stage.ppo.total_episodes={ppo.total_episodes} is smaller than one batch ({batch})")
+    if cfg.stage.reward.ensemble_size < 1:
+        raise ValueError("stage.reward.ensemble_size must be >= 1")
+    if cfg.loop.kl.beta < 0:
+        raise ValueError(f"loop.kl.beta={cfg.loop.kl.beta} must be >= 0")
+    if not 0 <= cfg.loop.rm_replay_ratio < 1:
+        raise ValueError(f"loop.rm_replay_ratio={cfg.loop.rm_replay_ratio} must be in [0, 1)")
+    if cfg.model.path and not Path(cfg.model.path).is_dir():
+        raise ValueError(f"model.path: no checkpoint directory at {cfg.model.path}")
+    if cfg.launcher.deepspeed:
+        from .launcher import resolve_deepspeed
+
+        resolve_deepspeed(cfg.launcher.deepspeed)
+    if cfg.job in ("sft", "reward", "ppo", "dpo"):
+        if not cfg.io.output:
+            raise ValueError(f"io.output: job={cfg.job} needs an output directory (io.output=PATH)")
+        return
+    _validate_loop(cfg)
+
+
+def _validate_loop(cfg) -> None:
+    from .control.detectors import build_detectors
+    from .control.rm_update_policy import RMUpdatePolicy
+    from .loop.runner import build_graph
+
+    lp = cfg.loop
+    if lp.iterations < 0:
+        raise ValueError(f"loop.iterations={lp.iterations} must be >= 0")
+    if lp.nodes and lp.iterations == 0:
+        raise ValueError("loop.iterations=0 but the loop has iteration nodes; set loop.iterations >= 1")
+    build_detectors([dict(d) for d in lp.detectors])
+    plain = {"loop": {"setup": [dict(s) for s in lp.setup], "nodes": [dict(n) for n in lp.nodes]}}
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+    graph = build_graph(plain)
+    graph.validate(max(1, lp.iterations))
+    if any((n.get("op") or n["name"]) == "rm_update" for n in plain["loop"]["nodes"]):
+        never = lp.rm_update_every is None and lp.rm_update_kl_threshold is None
+        policy = RMUpdatePolicy(every=lp.rm_update_every, kl_threshold=lp.rm_update_kl_threshold,
+                                freeze=[tuple(w) for w in lp.rm_freeze], never=never)
+        if not never and not policy.can_fire(lp.iterations):
+            raise ValueError(
+                f"loop.rm_update_every={lp.rm_update_every} / loop.rm_freeze={list(map(list, lp.rm_freeze))}: "
+                f"the reward model can never be updated within loop.iterations={lp.iterations}"
+            )

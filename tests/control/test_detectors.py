@@ -1,0 +1,156 @@
+"""Reward-hacking / collapse detectors on constructed histories."""
+
+import math
+
+import pytest
+
+from rlhf_ops.control.detectors import (
+    DisagreementSpike,
+    EntropyCollapse,
+    KLBudget,
+    LengthDrift,
+    NonFiniteMetrics,
+    ProxyUpGoldDown,
+    Verdict,
+    build_detectors,
+    default_detectors,
+    run_detectors,
+)
+
+BASE = {"iteration": 0, "gold": 0.50, "proxy": 1.0, "kl": 2.0, "entropy": 2.0,
+        "length": 100.0, "repetition": 0.05, "disagreement": 0.10, "win_rate": 0.5}
+
+
+def rec(**kw):
+    return {**BASE, "iteration": 1, **kw}
+
+
+HEALTHY = rec(gold=0.58, proxy=1.3, kl=3.0, entropy=1.8, length=110.0, disagreement=0.11,
+              win_rate=0.6)
+
+
+def check(det, current, baseline=BASE):
+    return det.check(current, baseline, [baseline, current])
+
+
+def test_healthy_iteration_fires_nothing():
+    verdicts = run_detectors(default_detectors(max_kl=5.0), HEALTHY, BASE, [BASE])
+    assert verdicts and all(isinstance(v, Verdict) for v in verdicts)
+    assert [v.name for v in verdicts if v.fired] == []
+    assert not any(v.skipped for v in verdicts)
+
+
+def test_proxy_up_gold_down():
+    d = ProxyUpGoldDown()
+    v = check(d, rec(proxy=2.0, gold=0.40))
+    assert v.fired and v.remedy == "refresh_rm" and v.name == "proxy_up_gold_down"
+    assert not check(d, rec(proxy=2.0, gold=0.60)).fired  # both up: genuine progress
+    assert not check(d, rec(proxy=0.8, gold=0.40)).fired  # both down: not hacking
+    assert not check(d, rec(proxy=2.0, gold=0.47)).fired  # gold drop within 0.05
+    assert not check(ProxyUpGoldDown(min_proxy_gain=1.5), rec(proxy=2.0, gold=0.4)).fired
+
+
+def test_disagreement_spike():
+    d = DisagreementSpike()
+    v = check(d, rec(disagreement=0.30))
+    assert v.fired and v.remedy == "refresh_rm"
+    assert not check(d, rec(disagreement=0.15)).fired
+    # Tiny baseline: 3x ratio but below the absolute margin -> noise, not a spike.
+    assert not check(d, rec(disagreement=0.03), {**BASE, "disagreement": 0.01}).fired
+    no_metric = {k: v for k, v in rec(disagreement=0.3).items() if k != "disagreement"}
+    v = check(d, no_metric)
+    assert not v.fired and v.skipped and "disagreement" in v.reason
+
+
+def test_kl_budget():
+    d = KLBudget(max_kl=5.0)
+    v = check(d, rec(kl=7.5))
+    assert v.fired and v.remedy == "raise_beta" and "7.5" in v.reason
+    assert not check(d, rec(kl=4.9)).fired
+
+
+def test_length_drift():
+    d = LengthDrift()
+    v = check(d, rec(length=150.0, gold=0.52))
+    assert v.fired and v.remedy == "raise_beta"
+    assert not check(d, rec(length=150.0, gold=0.70)).fired  # longer AND better
+    assert not check(d, rec(length=125.0, gold=0.50)).fired  # +25% < 30%
+    assert check(d, rec(length=50.0), {**BASE, "length": 0.0}).skipped
+
+
+def test_entropy_collapse():
+    d = EntropyCollapse()
+    v = check(d, rec(entropy=0.6))
+    assert v.fired and v.remedy == "lower_lr"
+    assert not check(d, rec(entropy=1.2)).fired
+    floor = EntropyCollapse(min_ratio=0.0, min_abs=0.5)
+    assert check(floor, rec(entropy=0.4)).fired
+    assert not check(floor, rec(entropy=0.6)).fired
+    # No baseline entropy: the absolute floor still works; without one, skip.
+    no_base = {k: v for k, v in BASE.items() if k != "entropy"}
+    assert check(floor, rec(entropy=0.4), no_base).fired
+    assert check(d, rec(entropy=0.4), no_base).skipped
+
+
+def test_collapse_history_fires_expected_set():
+    hacked = rec(proxy=3.0, gold=0.30, kl=9.0, length=180.0, disagreement=0.40, entropy=0.5)
+    fired = {v.name for v in run_detectors(default_detectors(max_kl=5.0), hacked, BASE, [BASE])
+             if v.fired}
+    assert fired == {"proxy_up_gold_down", "disagreement_spike", "kl_budget", "length_drift",
+                     "entropy_collapse"}
+
+
+@pytest.mark.parametrize("key", ["gold", "proxy", "kl"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_core_metric(key, bad):
+    current = rec(**{key: bad})
+    verdicts = run_detectors(default_detectors(max_kl=5.0), current, BASE, [BASE])  # no crash
+    by_name = {v.name: v for v in verdicts}
+    nf = by_name["non_finite"]
+    assert nf.fired and nf.veto and nf.remedy == "lower_lr" and key in nf.reason
+    # Detectors that need the broken metric skip instead of judging garbage.
+    needs = {"gold": "proxy_up_gold_down", "proxy": "proxy_up_gold_down", "kl": "kl_budget"}
+    assert by_name[needs[key]].skipped and not by_name[needs[key]].fired
+    assert [v.name for v in verdicts if v.fired] == ["non_finite"]
+
+
+def test_missing_keys_do_not_crash():
+    verdicts = run_detectors(default_detectors(max_kl=1.0), {"iteration": 3}, {}, [])
+    assert not any(v.fired for v in verdicts)
+    assert all(v.skipped for v in verdicts if v.name != "non_finite")
+    assert not check(NonFiniteMetrics(), {"gold": None, "kl": "n/a"}).fired
+
+
+def test_build_detectors_from_list_and_mapping():
+    dets = build_detectors([
+        {"name": "kl_budget", "max_kl": 5.0, "remedy": "raise_beta", "enabled": True},
+        {"name": "entropy_collapse", "min_ratio": 0.3, "enabled": False},
+        {"name": "proxy_up_gold_down", "min_gold_drop": 0.1, "remedy": "none"},
+    ])
+    names = [d.name for d in dets]
+    assert names == ["non_finite", "kl_budget", "proxy_up_gold_down"]  # non_finite auto-added
+    assert dets[2].remedy == "none" and dets[2].min_gold_drop == 0.1
+    single = build_detectors({"name": "length_drift", "max_rel_increase": 0.5})
+    assert [d.name for d in single] == ["non_finite", "length_drift"]
+    mapping = build_detectors({"kl_budget": {"max_kl": 3}, "non_finite": False,
+                               "disagreement_spike": True})
+    assert [d.name for d in mapping] == ["kl_budget", "disagreement_spike"]
+    nf = build_detectors([{"name": "non_finite", "keys": ["gold"]}])
+    assert nf[0].keys == ("gold",) and len(nf) == 1
+
+
+@pytest.mark.parametrize("cfg, match", [
+    ([{"name": "reward_hack_9000"}], "reward_hack_9000"),
+    ([{"name": "kl_budget", "max_kl": 5.0, "maxkl": 3}], "maxkl"),
+    ([{"name": "kl_budget"}], "max_kl"),
+    ([{"name": "kl_budget", "max_kl": -1.0}], "max_kl"),
+    ([{"name": "kl_budget", "max_kl": 5.0, "remedy": "pray"}], "remedy"),
+    ([{"name": "entropy_collapse", "min_ratio": "0.5"}], "min_ratio"),
+    ([{"name": "entropy_collapse", "enabled": "yes"}], "enabled"),
+    ([{"max_kl": 5.0}], "None"),
+    ([{"name": "kl_budget", "max_kl": 1}, {"name": "kl_budget", "max_kl": 2}], "twice"),
+    ({"length_drift": 3}, "length_drift"),
+])
+def test_build_detectors_errors_name_the_problem(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        build_detectors(cfg)
