@@ -21,8 +21,8 @@ class ModelConfig:
     # the fields below with a tokenizer trained on the task's text.
     path: str = ""
     # Tiny-Llama shape (ignored when `path` is set).
-    hidden_size: int = 64
-    intermediate_size: int = 128
+    hidden_size: int = 96
+    intermediate_size: int = 256
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 4
@@ -47,7 +47,7 @@ class TaskConfig:
     n_eval_prompts: int = 64
     n_gold_eval_prompts: int = 64
     # SFT demonstrations written by the task's grammar.
-    sft_demos_per_prompt: int = 2
+    sft_demos_per_prompt: int = 6
     # Keep only demonstrations at or above this gold reward (null = keep all).
     sft_min_gold: Optional[float] = None
     # Offline preference pairs for the reward-model warm-up (grammar samples, annotator labels).
@@ -59,8 +59,8 @@ class TaskConfig:
 
 @dataclass
 class SFTStageConfig:
-    learning_rate: float = 1e-3
-    num_train_epochs: float = 1.0
+    learning_rate: float = 3e-3
+    num_train_epochs: float = 3.0
     max_steps: int = -1
     per_device_train_batch_size: int = 16
     gradient_accumulation_steps: int = 1

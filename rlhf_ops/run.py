@@ -46,10 +46,23 @@ def run_one_stage(cfg: DictConfig) -> dict:
     return meta
 
 
+def _quiet_libraries() -> None:
+    # Hydra sets the root logger to INFO; accelerate and datasets are chatty at that level.
+    for name in ("accelerate", "datasets", "deepspeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_warning()
+    except ImportError:
+        pass
+
+
 def run(cfg: DictConfig):
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", cfg.tracking.wandb_mode)
+    _quiet_libraries()
     t0 = time.time()
     try:
         validate_config(cfg)

@@ -59,6 +59,8 @@ def log_history_metrics(trainer) -> dict:
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     if losses:
         last["final_loss"] = float(losses[-1])
+    elif "train_loss" in last:  # fewer steps than logging_steps: the run's mean loss is all there is
+        last["final_loss"] = last["train_loss"]
     last["global_step"] = int(trainer.state.global_step)
     return last
 
@@ -68,6 +70,15 @@ def check_finite_loss(metrics: dict, stage: str) -> None:
         v = metrics.get(key)
         if v is not None and not math.isfinite(v):
             raise FloatingPointError(f"{stage}: {key} is {v}; the trained weights were not saved")
+
+
+def quiet(trainer, spec: dict):
+    """Without progress output, also drop the trainer's per-step dict printing."""
+    if not spec.get("progress", True):
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:

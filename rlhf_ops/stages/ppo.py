@@ -19,7 +19,7 @@ from datasets import Dataset
 from ..artifacts import InputError, read_table
 from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer, reward_members
 from ..scoring import load_reward_model
-from .common import check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
 
 
 def resolve_inputs(spec: dict) -> dict:
@@ -101,6 +101,7 @@ def train(spec: dict) -> dict:
     )
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=dataset)
+    quiet(trainer, spec)
     trainer.train()
     metrics = log_history_metrics(trainer)
     metrics["kl_coef"] = args.kl_coef

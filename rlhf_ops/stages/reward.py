@@ -23,6 +23,7 @@ from ..artifacts import read_table
 from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_sequence_classifier, load_tokenizer, reward_members
 from ..scoring import member_scores
 from .common import (
+    quiet,
     check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained, trainer_kwargs,
 )
 
@@ -82,6 +83,7 @@ def train(spec: dict) -> dict:
             center_rewards_coefficient=cfg.get("center_rewards_coefficient"),
         )
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        quiet(trainer, spec)
         out = trainer.train()
         mm = log_history_metrics(trainer)
         mm["train_loss"] = float(out.training_loss)

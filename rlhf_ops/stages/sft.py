@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from ..artifacts import read_table
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
-from .common import check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
 
 COLUMNS = ("prompt", "completion")
 
@@ -41,6 +41,7 @@ def train(spec: dict) -> dict:
         weight_decay=cfg.get("weight_decay", 0.0),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    quiet(trainer, spec)
     out = trainer.train()
     metrics = log_history_metrics(trainer)
     metrics["train_loss"] = float(out.training_loss)
