@@ -72,7 +72,7 @@ def run(cfg: DictConfig):
 
         return run_loop(cfg)
     except Exception as e:  # noqa: BLE001 - reported, then re-raised or recorded
-        msg = f"{type(e).__name__}: {e}".splitlines()[0]
+        msg = f"{type(e).__name__}: {e}".strip()
         if _is_multirun():
             run_dir = Path(str(cfg.run_dir))
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..artifacts import write_json_atomic
+from ..faults import maybe_die
 from ..graph import Graph, GraphConfigError, Node, Runner, Schedule
 from ..ledger import Ledger
 from ..runlock import RunLock
@@ -44,10 +45,19 @@ def build_graph(cfg: dict) -> Graph:
             sch = spec.get("schedule") or {}
             schedule = Schedule(kind=sch.get("kind", "always"), every=sch.get("every", 1), offset=sch.get("offset", 0),
                                 freeze=[tuple(w) for w in sch.get("freeze", [])], trigger=sch.get("trigger"))
-            fn = OPS[op]
-            nodes.append(Node(spec["name"], fn=lambda ctx, f=fn: f(ctx, cfg), inputs=list(spec.get("inputs", [])),
+            nodes.append(Node(spec["name"], fn=_with_faults(OPS[op], cfg), inputs=list(spec.get("inputs", [])),
                               outputs=list(spec.get("outputs", [])), schedule=schedule, phase=phase))
     return Graph(nodes)
+
+
+def _with_faults(op, cfg: dict):
+    def fn(ctx):
+        maybe_die(ctx.iteration, ctx.node, "before")
+        updates = op(ctx, cfg)
+        maybe_die(ctx.iteration, ctx.node, "after")
+        return updates
+
+    return fn
 
 
 def _console(ctx, updates: dict) -> None:

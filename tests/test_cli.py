@@ -1,0 +1,55 @@
+"""A config mistake fails at start-up in ONE line naming the key, before any model is built."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_cli
+from rlhf_ops.cli import compose, precheck
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.hiden_size=64", "unknown config key 'model.hiden_size'"),
+    ("loop.kl.beta=abc", "bad value for 'loop.kl.beta'"),
+    ("stage.ppo.total_episodez=3", "unknown config key 'stage.ppo.total_episodez'"),
+    ("loop.labeler=oracle", "loop.labeler: 'oracle' is not one of"),
+    ("stage.ppo.num_mini_batches=3", "stage.ppo.num_mini_batches=3 must divide the batch"),
+    ("loop.rm_freeze=[[0,2]]", "the reward model can never be updated within loop.iterations=3"),
+    ("launcher.deepspeed=deepspeed/zero9.json", "DeepSpeed config not found: deepspeed/zero9.json"),
+])
+def test_bad_override_is_one_line_naming_it(override, expected):
+    err = precheck(["+experiment=quickstart", override])
+    assert err is not None and expected in err
+    assert "\n" not in err
+
+
+def test_unknown_experiment_lists_the_options():
+    err = precheck(["+experiment=quikstart"])
+    assert "experiment/quikstart" in err and "quickstart" in err and "\n" not in err
+
+
+def test_sweep_values_are_checked_each():
+    assert precheck(["-m", "+experiment=quickstart", "loop.kl.beta=0.01,0.1"]) is None
+    err = precheck(["-m", "+experiment=quickstart", "loop.kl.beta=0.01,oops"])
+    assert "loop.kl.beta" in err
+
+
+def test_every_experiment_composes():
+    from pathlib import Path
+
+    from conftest import REPO
+
+    names = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    assert "quickstart" in names
+    for name in names:
+        assert precheck([f"+experiment={name}"]) is None, name
+        assert compose([f"+experiment={name}"]).name == name
+
+
+def test_cli_exits_2_with_one_line_before_any_work(tmp_path):
+    p = run_cli("+experiment=quickstart", "model.hiden_size=64", f"run_dir={tmp_path / 'r'}", timeout=120)
+    assert p.returncode == 2
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert lines == ["rlhf_ops: config error: unknown config key 'model.hiden_size' "
+                     "(Key 'hiden_size' not in 'ModelConfig')"], p.stderr
+    assert not (tmp_path / "r").exists(), "nothing may be created before the config is valid"
