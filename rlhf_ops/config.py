@@ -165,6 +165,8 @@ class KLConfig:
     horizon: int = 1000
     min_beta: float = 1e-4
     max_beta: float = 10.0
+    # When the raise_beta remedy fires, beta becomes at least this (x2 of zero is still zero).
+    remedy_min_beta: float = 0.02
     # Beta multiplier over iterations: constant | linear | cosine from start_mult to end_mult.
     schedule: str = "constant"
     start_mult: float = 1.0
@@ -241,6 +243,10 @@ class LoopConfig:
     beta_remedy_factor: float = 2.0
     lr_remedy_factor: float = 0.5
     max_rollbacks: int = 5
+    # Retention: keep checkpoints of the last K iterations (null = keep everything), plus every
+    # checkpoint the state points to, plus accepted policies if keep_accepted.
+    keep_last: Optional[int] = 2
+    keep_accepted: bool = True
 
 
 @dataclass

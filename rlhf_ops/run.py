@@ -69,8 +69,12 @@ def run(cfg: DictConfig):
         if cfg.job in STAGE_JOBS:
             return run_one_stage(cfg)
         from .loop.runner import run_loop
+        from .report import sweep_objective_from_env
 
-        return run_loop(cfg)
+        summary = run_loop(cfg)
+        # A float only in an Optuna sweep (conf/sweep/optuna_kl_budget.yaml): final gold under a KL budget.
+        objective = sweep_objective_from_env(summary)
+        return summary if objective is None else objective
     except Exception as e:  # noqa: BLE001 - reported, then re-raised or recorded
         msg = f"{type(e).__name__}: {e}".strip()
         if _is_multirun():

@@ -41,7 +41,7 @@ def test_loop_end_to_end(full_run):
             assert isinstance(it[key], float), key
     assert "ACCEPTED" in p.stdout or "ROLLED_BACK" in p.stdout, "one console line per iteration"
     done = ledger_rows(run_dir, "select iteration, node from stage_runs where status='done'")
-    assert len(done) == len(set(done)) == 4 + 2 * 6, "setup + 2 x (collect..gate), each once"
+    assert len(done) == len(set(done)) == 4 + 2 * 7, "setup + 2 x (collect..prune), each once"
     assert ledger_rows(run_dir, "select count(*) from artifacts where sha256 is not null")[0][0] > 5
     good = json.loads((run_dir / "LATEST_GOOD").read_text())
     assert Path(good["policy"]).is_dir() and good["iteration"] == s["final"]["iteration"]
@@ -81,7 +81,7 @@ def test_resume_after_kill_matches_uninterrupted_run(full_run, tmp_path):
     for x, y in zip(a["iterations"], b["iterations"]):
         assert y["kl"] == pytest.approx(x["kl"], rel=1e-4, abs=1e-6)
         assert y["proxy"] == pytest.approx(x["proxy"], rel=1e-4, abs=1e-6)
-    assert ledger_rows(run_dir, "select count(*) from stage_runs where status='done'")[0][0] == 16
+    assert ledger_rows(run_dir, "select count(*) from stage_runs where status='done'")[0][0] == 18
 
 
 def test_changed_config_on_resume_is_refused(full_run):

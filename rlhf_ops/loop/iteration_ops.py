@@ -177,6 +177,11 @@ def gate(ctx, cfg: dict) -> dict:
     kl = KLController.from_state_dict(last_good["kl_state"])
     lr_scale, force_rm, applied = apply_remedies(decision.remedies, kl, last_good["lr_scale"],
                                                  beta_factor=lp["beta_remedy_factor"], lr_factor=lp["lr_remedy_factor"])
+    if "raise_beta" in decision.remedies and kl.beta < lp["kl"]["remedy_min_beta"]:
+        floor = kl.state_dict()
+        floor["beta"] = lp["kl"]["remedy_min_beta"]
+        kl.load_state_dict(floor)
+        applied = sorted(set(applied) | {"raise_beta"})
     fired = [v.name for v in decision.fired] or ["head_to_head"]
     entry.update(status="rolled_back", reasons=decision.reasons, remedies=applied,
                  restored_iteration=last_good["iteration"])

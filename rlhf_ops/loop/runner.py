@@ -18,7 +18,8 @@ from ..faults import maybe_die
 from ..graph import Graph, GraphConfigError, Node, Runner, Schedule
 from ..ledger import Ledger
 from ..runlock import RunLock
-from . import iteration_ops, setup_ops
+from ..tracking import Tracker, scrub_secrets
+from . import iteration_ops, retention, setup_ops
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ OPS = {
     "baseline": setup_ops.baseline, "ppo_once": setup_ops.ppo_once, "dpo_once": setup_ops.dpo_once,
     "collect": iteration_ops.collect, "label": iteration_ops.label, "rm_update": iteration_ops.rm_update,
     "policy_update": iteration_ops.policy_update, "evaluate": iteration_ops.evaluate, "gate": iteration_ops.gate,
+    "prune": retention.prune,
 }
 
 
@@ -117,17 +119,21 @@ def run_loop(cfg: DictConfig) -> dict:
         for d in diffs:
             log.warning("resuming with a changed config: %s", d)
         run_id = ledger.start_run(plain)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(scrub_secrets(plain))))
+        tracker = Tracker.open(run_dir, plain, plain["tracking"]["wandb_mode"])
         runner = Runner(graph, run_dir, ledger, plain["loop"]["iterations"], initial_state={},
-                        on_node_end=lambda ctx, up: (_append_metrics(run_dir, ctx, up), _console(ctx, up)))
+                        on_node_end=lambda ctx, up: (_append_metrics(run_dir, ctx, up), _console(ctx, up),
+                                                     tracker.log(ctx.iteration, ctx.node, up.get("_metrics") or {})))
         try:
             state = runner.run()
         except BaseException:
             ledger.end_run(run_id, "failed")
+            tracker.close("failed")
             raise
         status = "stopped" if state.get("_stopped") else "completed"
         summary = write_summary(run_dir, plain, state, ledger, status)
         ledger.end_run(run_id, status)
+        tracker.close(status)
     if status == "stopped":
         print(f"rlhf_ops: paused: {state['_stopped']}", flush=True)
     print(f"rlhf_ops: {status}; summary: {run_dir / 'summary.json'}", flush=True)
