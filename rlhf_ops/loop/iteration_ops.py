@@ -16,11 +16,14 @@ import pandas as pd
 
 from ..artifacts import write_json_atomic, write_table
 from ..control.detectors import build_detectors
-from ..control.gate import Gate, apply_remedies
+from ..control.detectors import Verdict
+from ..control.gate import Gate, GateDecision, apply_remedies
 from ..control.kl_controller import BetaSchedule, KLController, LRSchedule
 from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm
 from ..generation import generate
 from ..labelers import make_labeler
+from ..labelers.reward_model import NonFiniteRewardError
+from ..testbed.builders import PAIR_COLUMNS
 from ..launcher import run_stage
 from ..scoring import load_scorer, pair_accuracy
 from .common import eval_seed, evaluate_into, stage_kwargs
@@ -51,6 +54,7 @@ def collect(ctx, cfg: dict) -> dict:
     completions = write_table(df, d / "completions.parquet")
     prompts = write_table(rows, d / "prompts.parquet")
     return {"completions": str(completions), "iter_prompts": str(prompts), "cursor": (cursor + n) % len(pool),
+            "poison": None,
             "_metrics": {"n_completions": len(df), "n_empty": n_empty, "eos_rate": float(df["ended"].mean()),
                          "mean_tokens": float(df["n_tokens"].mean())}}
 
@@ -67,8 +71,14 @@ def label(ctx, cfg: dict) -> dict:
                            trust_remote_code=cfg["model"]["trust_remote_code"])
     if lp["labeler"] == "human":
         labeler.on_error = lp["human_labels_on_error"]
-    pairs = labeler.label(prompt_rows, candidates, iteration=ctx.iteration, checkpoint=ctx.state["policy"],
-                          work_dir=Path(ctx.run_dir) / "human_queue" / f"iter_{ctx.iteration:03d}")
+    try:
+        pairs = labeler.label(prompt_rows, candidates, iteration=ctx.iteration, checkpoint=ctx.state["policy"],
+                              work_dir=Path(ctx.run_dir) / "human_queue" / f"iter_{ctx.iteration:03d}")
+    except NonFiniteRewardError as e:
+        # Never train on it: the rest of the iteration is skipped and the gate rolls it back.
+        log.error("iteration %d: %s", ctx.iteration, e)
+        empty = write_table(pd.DataFrame(columns=PAIR_COLUMNS), Path(ctx.stage_dir) / "pairs.parquet")
+        return {"pairs": str(empty), "poison": f"labeler: {e}", "_metrics": {"n_pairs": 0, "nonfinite_rewards": 1.0}}
     path = write_table(pairs, Path(ctx.stage_dir) / "pairs.parquet")
     store = Path(ctx.run_dir) / STORE
     old = pd.read_parquet(store) if store.exists() else pairs.iloc[:0]
@@ -87,6 +97,8 @@ def rm_update(ctx, cfg: dict) -> dict:
     forced = bool(ctx.state.get("force_rm_refresh"))
     due, reason = policy.should_update(ctx.iteration, policy.kl_since_last(kl_now), forced=forced)
     fresh = pd.read_parquet(ctx.state["pairs"])
+    if ctx.state.get("poison"):
+        return {"rm_update_reason": "skipped: iteration poisoned", "_metrics": {"rm_updated": 0.0}}
     if not due or len(fresh) < 4:
         reason = reason if due else reason
         return {"rm_update_reason": reason if due is False else f"too few fresh pairs ({len(fresh)})",
@@ -128,21 +140,36 @@ def policy_update(ctx, cfg: dict) -> dict:
         .lr_multiplier(ctx.iteration)
     out = Path(ctx.stage_dir) / "policy"
     extra = {"beta": beta, "lr_scale": lr_scale}
+    if ctx.state.get("poison"):
+        return {"candidate": None, "beta_used": beta, "lr_scale_used": lr_scale, "_metrics": {"skipped": 1.0}}
+    try:
+        meta = _train_policy(ctx, cfg, out, extra)
+    except FloatingPointError as e:
+        log.error("iteration %d: policy update diverged: %s", ctx.iteration, e)
+        return {"candidate": None, "beta_used": beta, "lr_scale_used": lr_scale, "poison": f"policy update: {e}",
+                "_metrics": {"diverged": 1.0}}
+    return {"candidate": str(out), "beta_used": beta, "lr_scale_used": lr_scale,
+            "_metrics": {**_scalars(meta["metrics"]), "beta": beta, "lr_scale": lr_scale, "wall_s": meta["wall_s"]},
+            "_artifacts": [("checkpoint", str(out))]}
+
+
+def _train_policy(ctx, cfg: dict, out: Path, extra: dict) -> dict:
+    lp = cfg["loop"]
     if lp["policy_update"] == "ppo":
-        extra.update(ensemble_reduce=lp["ensemble_reduce"], ensemble_lambda=lp["ensemble_lambda"])
-        meta = run_stage("ppo", cfg=cfg["stage"]["ppo"], inputs={"policy": ctx.state["policy"], "ref": ctx.state["ref"],
+        extra = {**extra, "ensemble_reduce": lp["ensemble_reduce"], "ensemble_lambda": lp["ensemble_lambda"]}
+        return run_stage("ppo", cfg=cfg["stage"]["ppo"], inputs={"policy": ctx.state["policy"], "ref": ctx.state["ref"],
                          "reward_model": ctx.state["rm"], "data": ctx.state["iter_prompts"]}, output=out, extra=extra,
                          **stage_kwargs(cfg))
     else:
         data = ctx.state["data"]["offline_pairs"] if lp["dpo_data"] == "offline" else ctx.state["pairs"]
         meta = run_stage("dpo", cfg=cfg["stage"]["dpo"], inputs={"policy": ctx.state["policy"], "ref": ctx.state["ref"],
                          "data": data}, output=out, extra=extra, **stage_kwargs(cfg))
-    return {"candidate": str(out), "beta_used": beta, "lr_scale_used": lr_scale,
-            "_metrics": {**_scalars(meta["metrics"]), "beta": beta, "lr_scale": lr_scale, "wall_s": meta["wall_s"]},
-            "_artifacts": [("checkpoint", str(out))]}
+    return meta
 
 
 def evaluate(ctx, cfg: dict) -> dict:
+    if ctx.state.get("poison"):
+        return {"eval": {"iteration": ctx.iteration, "poison": ctx.state["poison"]}, "eval_samples": None}
     record, samples = evaluate_into(ctx, cfg, ctx.state["candidate"], ctx.state["rm"], seed=eval_seed(cfg),
                                     baseline_samples=ctx.state["last_good"]["samples"],
                                     fresh_pairs=ctx.state.get("pairs"))
@@ -156,7 +183,12 @@ def gate(ctx, cfg: dict) -> dict:
     if "baseline_proxy" in current:
         baseline["proxy"] = current["baseline_proxy"]
     gate_ = Gate(build_detectors(list(lp["detectors"])), min_win_rate=lp["min_win_rate"], vote=_vote(lp["gate_vote"]))
-    decision = gate_.decide(current, baseline, st["history"])
+    if st.get("poison"):
+        remedies = ["refresh_rm", "lower_lr"] if st["poison"].startswith("labeler") else ["lower_lr"]
+        decision = GateDecision(False, [f"non-finite input: {st['poison']}"],
+                                [Verdict("non_finite_input", True, st["poison"], remedies[0])], remedies)
+    else:
+        decision = gate_.decide(current, baseline, st["history"])
     kl = KLController.from_state_dict(st["kl_state"])
     entry = {"iteration": ctx.iteration, "gold": current.get("gold"), "proxy": current.get("proxy"),
              "kl": current.get("kl"), "length": current.get("length"), "entropy": current.get("entropy"),
@@ -172,7 +204,8 @@ def gate(ctx, cfg: dict) -> dict:
         entry.update(status="accepted", reasons=decision.reasons)
         return {"policy": st["candidate"], "last_good": new_good, "kl_state": kl.state_dict(),
                 "history": st["history"] + [current], "iterations_log": st["iterations_log"] + [entry],
-                "_iteration_status": {"status": "accepted", "summary": entry}, "_metrics": {"accepted": 1.0}}
+                "poison": None, "_iteration_status": {"status": "accepted", "summary": entry},
+                "_metrics": {"accepted": 1.0}}
     # Roll back: policy, RM, controller states and data cursor of the last good state, then remedy.
     kl = KLController.from_state_dict(last_good["kl_state"])
     lr_scale, force_rm, applied = apply_remedies(decision.remedies, kl, last_good["lr_scale"],
@@ -190,7 +223,7 @@ def gate(ctx, cfg: dict) -> dict:
     return {"policy": last_good["policy"], "rm": last_good["rm"], "kl_state": kl.state_dict(),
             "rm_policy_state": last_good["rm_policy_state"], "cursor": last_good["cursor"], "lr_scale": lr_scale,
             "force_rm_refresh": force_rm, "n_rollbacks": st["n_rollbacks"] + 1,
-            "iterations_log": st["iterations_log"] + [entry], "_rollbacks": [rollback],
+            "iterations_log": st["iterations_log"] + [entry], "_rollbacks": [rollback], "poison": None,
             "_iteration_status": {"status": "rolled_back", "summary": entry}, "_metrics": {"accepted": 0.0}}
 
 
