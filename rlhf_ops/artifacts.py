@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from .faults import maybe_die_write
+
 META_FILE = "stage_meta.json"
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -69,6 +71,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    maybe_die_write(tmp)  # fault injection (rlhf_ops.faults); a no-op unless RLHF_OPS_FAULT is set
     old = None
     if final.exists():
         suffix = ".old" if is_finished(final) else f".interrupted-{int(time.time())}"
@@ -97,6 +100,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    maybe_die_write(tmp)
     os.replace(tmp, path)
 
 
@@ -115,6 +119,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
         df.to_parquet(tmp, index=False)
     else:
         df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    maybe_die_write(tmp)
     os.replace(tmp, path)
     return path
 

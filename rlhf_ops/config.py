@@ -239,7 +239,7 @@ class LoopConfig:
     # Gate: detectors (list of dicts, see rlhf_ops.control.detectors) and the head-to-head rule.
     detectors: list[Any] = field(default_factory=list)
     gate_vote: str = "any"
-    min_win_rate: float = 0.4
+    min_win_rate: Optional[float] = 0.4
     beta_remedy_factor: float = 2.0
     lr_remedy_factor: float = 0.5
     max_rollbacks: int = 5

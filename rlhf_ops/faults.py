@@ -1,24 +1,101 @@
-"""Fault injection for resume tests: die like `kill -9` at a chosen point of a chosen node.
+"""Fault injection for resume tests: die like `kill -9` at a chosen point.
 
-    RLHF_OPS_FAULT="<iteration>:<node>:<point>"   e.g. "1:policy_update:after"
+    RLHF_OPS_FAULT="<iteration>:<node>:<point>"   e.g. "1:policy_update:after", "-1:sft:before"
+    RLHF_OPS_FAULT="write:<n>"                    die in the n-th atomic write of this process,
+                                                  its temporary file or directory complete, before the rename
+    RLHF_OPS_FAULT="write:<n>:mid"                the same, with the temporary cut short first (a kill
+                                                  while the bytes were still being written)
+    RLHF_OPS_FAULT_LOG=<file>                     append one line per atomic write: "<n>\\t<temporary path>"
+                                                  (to list a run's write points; the n to use above)
 
-point = before (the node starts) | after (its work is done but not yet committed to the ledger).
+Node points: before (the node starts) | after (its work is done but not yet committed to the
+ledger); setup nodes have iteration -1. Atomic writes are `artifacts.write_table`,
+`write_json_atomic` and `atomic_dir` (checkpoints); each calls `maybe_die_write(tmp)` once, between
+"temporary complete" and the rename. They are counted from 1 in every process, so "write:<n>"
+names the same write as line n of a RLHF_OPS_FAULT_LOG of an identical run.
+
 The process exits with os._exit(137): no cleanup, no finally blocks, no flushed buffers, exactly
-what a SIGKILL or a preempted machine leaves behind. Unset in normal runs: a no-op.
+what a SIGKILL or a preempted machine leaves behind. Unset in normal runs: each hook is one
+environment lookup.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 ENV = "RLHF_OPS_FAULT"
+LOG_ENV = "RLHF_OPS_FAULT_LOG"
 POINTS = ("before", "after")
+WRITE_MODES = ("complete", "mid")
+EXIT_CODE = 137
+
+_writes = 0  # atomic writes so far in this process
+
+
+class FaultSpecError(ValueError):
+    """RLHF_OPS_FAULT is malformed (a typo must not silently disable the fault)."""
+
+
+def parse(spec: str) -> tuple:
+    """("node", iteration, node, point) or ("write", n, mode); raises FaultSpecError naming the problem."""
+    parts = spec.split(":")
+    if parts[0] == "write":
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1:
+            raise FaultSpecError(f"{ENV}={spec!r}: expected 'write:<n>' or 'write:<n>:mid' with n >= 1")
+        mode = parts[2] if len(parts) == 3 else "complete"
+        if mode not in WRITE_MODES:
+            raise FaultSpecError(f"{ENV}={spec!r}: write mode {mode!r} not in {WRITE_MODES}")
+        return ("write", int(parts[1]), mode)
+    if len(parts) != 3 or parts[2] not in POINTS:
+        raise FaultSpecError(f"{ENV}={spec!r}: expected '<iteration>:<node>:<before|after>' or 'write:<n>[:mid]'")
+    try:
+        iteration = int(parts[0])
+    except ValueError:
+        raise FaultSpecError(f"{ENV}={spec!r}: iteration {parts[0]!r} is not an integer") from None
+    return ("node", iteration, parts[1], parts[2])
+
+
+def die() -> None:
+    os._exit(EXIT_CODE)
 
 
 def maybe_die(iteration: int, node: str, point: str) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
-    it, name, where = spec.split(":")
-    if int(it) == iteration and name == node and where == point:
-        os._exit(137)
+    parsed = parse(spec)
+    if parsed[0] == "node" and parsed[1:] == (iteration, node, point):
+        die()
+
+
+def maybe_die_write(tmp: str | os.PathLike) -> None:
+    """Called by every atomic write once `tmp` (file or directory) is complete, just before the rename."""
+    spec, log_to = os.environ.get(ENV), os.environ.get(LOG_ENV)
+    if not spec and not log_to:
+        return
+    global _writes
+    _writes += 1
+    if log_to:
+        with open(log_to, "a", encoding="utf-8") as f:
+            f.write(f"{_writes}\t{tmp}\n")
+    if not spec:
+        return
+    parsed = parse(spec)
+    if parsed[0] != "write" or parsed[1] != _writes:
+        return
+    if parsed[2] == "mid":
+        _cut_short(Path(tmp))
+    die()
+
+
+def _cut_short(tmp: Path) -> None:
+    """Truncate the temporary to half its size (a directory: its largest file), as a kill mid-write leaves it."""
+    if tmp.is_dir():
+        files = [p for p in tmp.rglob("*") if p.is_file()]
+        if not files:
+            return
+        tmp = max(files, key=lambda p: p.stat().st_size)
+    if tmp.is_file():
+        with open(tmp, "r+b") as f:
+            f.truncate(tmp.stat().st_size // 2)

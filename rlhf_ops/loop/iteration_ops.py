@@ -100,9 +100,8 @@ def rm_update(ctx, cfg: dict) -> dict:
     if ctx.state.get("poison"):
         return {"rm_update_reason": "skipped: iteration poisoned", "_metrics": {"rm_updated": 0.0}}
     if not due or len(fresh) < 4:
-        reason = reason if due else reason
-        return {"rm_update_reason": reason if due is False else f"too few fresh pairs ({len(fresh)})",
-                "_metrics": {"rm_updated": 0.0}}
+        why = reason if not due else f"due ({reason}) but too few fresh pairs ({len(fresh)})"
+        return {"rm_update_reason": why, "_metrics": {"rm_updated": 0.0}}
     rng = np.random.default_rng(cfg["seed"] * 31 + ctx.iteration)
     idx = rng.permutation(len(fresh))
     n_val = max(2, int(round(len(fresh) * lp["rm_heldout_fraction"])))
