@@ -5,6 +5,8 @@
                                                   its temporary file or directory complete, before the rename
     RLHF_OPS_FAULT="write:<n>:mid"                the same, with the temporary cut short first (a kill
                                                   while the bytes were still being written)
+    RLHF_OPS_FAULT="write:<n>:enospc"             do not die: the n-th atomic write raises
+                                                  OSError(ENOSPC) where its rename would be (a full disk)
     RLHF_OPS_FAULT_LOG=<file>                     append one line per atomic write: "<n>\\t<temporary path>"
                                                   (to list a run's write points; the n to use above)
 
@@ -21,13 +23,14 @@ environment lookup.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 ENV = "RLHF_OPS_FAULT"
 LOG_ENV = "RLHF_OPS_FAULT_LOG"
 POINTS = ("before", "after")
-WRITE_MODES = ("complete", "mid")
+WRITE_MODES = ("complete", "mid", "enospc")
 EXIT_CODE = 137
 
 _writes = 0  # atomic writes so far in this process
@@ -42,13 +45,14 @@ def parse(spec: str) -> tuple:
     parts = spec.split(":")
     if parts[0] == "write":
         if len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1:
-            raise FaultSpecError(f"{ENV}={spec!r}: expected 'write:<n>' or 'write:<n>:mid' with n >= 1")
+            raise FaultSpecError(f"{ENV}={spec!r}: expected 'write:<n>' or 'write:<n>:<mid|enospc>' with n >= 1")
         mode = parts[2] if len(parts) == 3 else "complete"
         if mode not in WRITE_MODES:
             raise FaultSpecError(f"{ENV}={spec!r}: write mode {mode!r} not in {WRITE_MODES}")
         return ("write", int(parts[1]), mode)
     if len(parts) != 3 or parts[2] not in POINTS:
-        raise FaultSpecError(f"{ENV}={spec!r}: expected '<iteration>:<node>:<before|after>' or 'write:<n>[:mid]'")
+        raise FaultSpecError(f"{ENV}={spec!r}: expected '<iteration>:<node>:<before|after>' "
+                             "or 'write:<n>[:mid|:enospc]'")
     try:
         iteration = int(parts[0])
     except ValueError:
@@ -84,6 +88,8 @@ def maybe_die_write(tmp: str | os.PathLike) -> None:
     parsed = parse(spec)
     if parsed[0] != "write" or parsed[1] != _writes:
         return
+    if parsed[2] == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected by RLHF_OPS_FAULT)", str(tmp))
     if parsed[2] == "mid":
         _cut_short(Path(tmp))
     die()

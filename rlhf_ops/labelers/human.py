@@ -4,11 +4,12 @@ The first time an iteration reaches `label`, the pairs to judge are exported to
 `<run_dir>/human_queue/iter_NNN/to_label.jsonl` (one {"pair_id", "prompt", "a", "b"} per line) and
 the loop stops with a message saying what to fill in. A person (or a labelling tool) writes
 `labels.jsonl` beside it, one {"pair_id": ..., "choice": "a" | "b"} per line; re-running the same
-command imports it and the loop goes on.
+command imports it and the loop goes on. An iteration with nothing to judge (no prompt with two
+distinct non-empty completions) does not pause: it goes on without fresh pairs, with a warning.
 
 Imported labels are validated line by line against that schema: bad JSON, a missing field, a
-wrong type, an empty id, an unknown pair id or a duplicate is an error naming the file and line,
-or (with on_error="skip") a skipped row counted in a warning. Never silent.
+wrong type, an empty id, an unknown pair id, a duplicate or a line that is not UTF-8 is an error
+naming the file and line, or (with on_error="skip") a skipped row counted in a warning. Never silent.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ def read_labels(path: Path, known_ids: set[str], on_error: str = "error") -> tup
     """{pair_id: choice} from a labels file, and the problems found (each naming the line)."""
     choices: dict[str, str] = {}
     problems: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{path}:{n}"
+            try:  # line by line, so a stray non-UTF-8 byte names its line (a BOM on line 1 is fine)
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -99,13 +105,18 @@ class HumanQueueLabeler:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             os.replace(tmp, export)
         labels = queue / LABELS
+        pending = [json.loads(line) for line in open(export, encoding="utf-8") if line.strip()]
+        if not pending:
+            # Nothing a person could judge (every prompt has fewer than two distinct non-empty completions):
+            # pausing would wait for a file that can hold no label, so the iteration goes on without pairs.
+            log.warning("iteration %d: no pair to label (no prompt has two distinct non-empty completions); "
+                        "%s is empty and the loop goes on without fresh pairs", iteration, export)
+            return pd.DataFrame(columns=PAIR_COLUMNS)
         if not labels.exists():
-            n = sum(1 for _ in open(export, encoding="utf-8"))
             raise StopLoop(
-                f"waiting for human labels: {n} pairs in {export}. Write {labels} with one line per pair, "
+                f"waiting for human labels: {len(pending)} pairs in {export}. Write {labels} with one line per pair, "
                 '{"pair_id": "...", "choice": "a"} (or "b"), then re-run the same command to continue.'
             )
-        pending = [json.loads(line) for line in open(export, encoding="utf-8") if line.strip()]
         by_id = {p["pair_id"]: p for p in pending}
         choices, _ = read_labels(labels, set(by_id), self.on_error)
         if not choices:

@@ -1,0 +1,425 @@
+"""Fault-injection campaign: kill the tiny online loop at many points, resume it with the same
+command, and check that it ends exactly where an uninterrupted run with the same seed ends.
+
+    cd /work/main && OMP_NUM_THREADS=1 .venv/bin/python scripts/fault_injection.py --kills 20 --seed 0 --out /tmp/fi
+
+The loop is `+experiment=quickstart` with the test suite's TINY overrides (tests/conftest.py) and
+`loop.iterations=2`. One uninterrupted reference run comes first (it also lists every atomic
+write, via RLHF_OPS_FAULT_LOG); then, one at a time (never two training processes at once):
+
+- boundary: RLHF_OPS_FAULT="<iteration>:<node>:before|after" for every node that ran in the
+  reference (setup nodes have iteration -1); "after" is after the node's work, before its commit;
+- write: RLHF_OPS_FAULT="write:<n>" (temporary complete, before the rename) and "write:<n>:mid"
+  (temporary cut short) for every atomic write of the reference (tables, JSON, checkpoints);
+- random: SIGKILL to the CLI's process group after a delay drawn uniformly (seeded) from
+  [0, reference wall time], so kills land in start-up, trainers, generation, writes and commits.
+
+After each kill the same command is run again. A kill point "resumed correctly" when the first
+process died as planned, the resume exited 0, and the run dir passes `check_run_dir`: each
+(iteration, node) has exactly one 'done'/'skipped' row and the same ones as the reference, no
+'running' row is left, every recorded artifact whose files exist verifies against its hash
+(Ledger.verify_artifact; a missing one must carry a `.PRUNED` marker), no `*.tmp` is left, nothing
+committed (ledger states, summary.json, LATEST_GOOD) points into a `.tmp` or `.interrupted-k`,
+and every path that is not in the reference lies under a `<node>.interrupted-k` leftover.
+"Final summary equal" compares summary.json with the reference's: exact on statuses, reasons,
+gold, length, beta, paths (relative to the run dir) and everything else, except floats derived
+from trained weights (KL, proxy, losses...), compared at rel 1e-4: CPU float sums are not bitwise
+reproducible across processes (see tests/test_loop.py).
+
+Prints a markdown table (kind, tried, resumed correctly, final summary equal), a table of where
+the random kills landed, and writes every outcome to <out>/campaign.json. Exit status 1 if any
+kill point failed. `--kinds` picks a subset; `--write-stride K` tries every K-th write only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import TINY  # noqa: E402  (the test suite's overrides: one definition of "tiny")
+
+LOOP = ["+experiment=quickstart", *TINY, "loop.iterations=2"]
+KILLED_RC = (137, -signal.SIGKILL)  # os._exit(137) from a fault hook, or a real SIGKILL
+INTERRUPTED = re.compile(r"\.interrupted-\d+$")
+# Floats that come out of trained weights; everything else in the summary must match exactly.
+EXACT_FLOATS = {"gold", "length", "beta", "lr_scale", "gold_chosen", "gold_rejected", "iteration", "restored_iteration"}
+REL_TOL, ABS_TOL = 1e-4, 1e-6
+# Clock readings, not results: wall times, timestamps, trainer throughput.
+IGNORED_KEYS = {"wall_s", "created_at", "finished_at", "id", "run_dir", "train_runtime", "train_samples_per_second",
+                "train_steps_per_second", "eps"}
+
+
+# -- running the CLI ---------------------------------------------------------------------------------
+
+def cli_env(extra: dict | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TRL_EXPERIMENTAL_SILENCE": "1", "WANDB_MODE": "disabled"}
+    for k in ("RLHF_OPS_FAULT", "RLHF_OPS_FAULT_LOG"):
+        env.pop(k, None)
+    return {**env, **(extra or {})}
+
+
+def cli_args(run_dir: Path, *extra: str) -> list[str]:
+    # Hydra's own output dir (.hydra, cli.log) beside the run dir, not under the repo's runs/.
+    return [sys.executable, "-m", "rlhf_ops", *LOOP, f"run_dir={run_dir}",
+            f"hydra.run.dir={run_dir.with_name(run_dir.name + '.hydra')}", *extra]
+
+
+def run_cli(run_dir: Path, *extra: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_args(run_dir, *extra), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=cli_env(env))
+
+
+def popen_cli(run_dir: Path, log_path: Path, *extra: str) -> subprocess.Popen:
+    log = open(log_path, "w")
+    return subprocess.Popen(cli_args(run_dir, *extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=cli_env(), start_new_session=True)
+
+
+# -- the reference run ---------------------------------------------------------------------------------
+
+@dataclass
+class Reference:
+    run_dir: Path
+    wall_s: float
+    writes: list[tuple[int, str]]  # (n, temporary path relative to the run dir)
+    nodes: list[tuple[int, str]]  # (iteration, node) that ran ('done') in plan order
+    summary: dict = field(repr=False)
+    files: set[str] = field(repr=False)
+
+
+def reference_run(run_dir: Path) -> Reference:
+    run_dir = Path(run_dir)
+    log = run_dir.with_name(run_dir.name + ".writes")
+    log.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    p = run_cli(run_dir, env={"RLHF_OPS_FAULT_LOG": str(log)})
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"reference run failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    writes = []
+    for line in log.read_text().splitlines():
+        n, path = line.split("\t", 1)
+        writes.append((int(n), Path(path).relative_to(run_dir).as_posix()))
+    nodes = [(i, n) for i, n, s in ledger_rows(run_dir, "select iteration, node, status from stage_runs order by id")
+             if s == "done"]
+    return Reference(run_dir, wall, writes, nodes, read_summary(run_dir), relative_files(run_dir))
+
+
+def boundary_points(ref: Reference) -> list[str]:
+    return [f"{i}:{n}:{where}" for i, n in ref.nodes for where in ("before", "after")]
+
+
+def write_points(ref: Reference, stride: int = 1) -> list[str]:
+    return [f"write:{n}{mode}" for n, _ in ref.writes[::stride] for mode in ("", ":mid")]
+
+
+# -- checks ----------------------------------------------------------------------------------------------
+
+def ledger_rows(run_dir: Path, sql: str) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(Path(run_dir) / "ledger.sqlite")) as c:
+        return c.execute(sql).fetchall()
+
+
+def leftover_or_tmp(path: str) -> bool:
+    """Whether a path points into a temporary (`*.tmp`) or a moved-aside leftover (`*.interrupted-k`)."""
+    return any(part.endswith(".tmp") or INTERRUPTED.search(part) for part in Path(path).parts)
+
+
+def strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def relative_files(run_dir: Path) -> set[str]:
+    return {p.relative_to(run_dir).as_posix() for p in Path(run_dir).rglob("*")}
+
+
+def check_run_dir(run_dir: Path, ref: Reference | None = None) -> list[str]:
+    """Problems with a finished (resumed) run dir; empty when it is consistent."""
+    from rlhf_ops.ledger import Ledger
+
+    run_dir, problems = Path(run_dir), []
+    rows = ledger_rows(run_dir, "select iteration, node, status from stage_runs order by id")
+    finished: dict[tuple[int, str], int] = {}
+    for i, n, s in rows:
+        if s == "running":
+            problems.append(f"ledger: ({i}, {n}) is still 'running'")
+        if s in ("done", "skipped"):
+            finished[(i, n)] = finished.get((i, n), 0) + 1
+    problems += [f"ledger: ({i}, {n}) has {k} done/skipped rows" for (i, n), k in finished.items() if k != 1]
+    if ref is not None:
+        ref_finished = {(i, n) for i, n, s in ledger_rows(ref.run_dir, "select iteration, node, status from stage_runs")
+                        if s in ("done", "skipped")}
+        if set(finished) != ref_finished:
+            problems.append(f"ledger: finished nodes differ from the reference: missing "
+                            f"{sorted(ref_finished - set(finished))}, extra {sorted(set(finished) - ref_finished)}")
+    with Ledger(run_dir) as ledger:
+        latest = {}
+        for a in ledger.artifacts():
+            latest[a["path"]] = a
+        for path in latest:
+            p = Path(path)
+            if leftover_or_tmp(p.relative_to(run_dir).as_posix() if p.is_relative_to(run_dir) else path):
+                problems.append(f"artifact recorded at a temporary/leftover path: {path}")
+            if p.exists():
+                if not ledger.verify_artifact(p):
+                    problems.append(f"artifact does not verify against its recorded hash: {path}")
+            elif not p.with_name(p.name + ".PRUNED").exists():
+                problems.append(f"recorded artifact is missing (and was not pruned): {path}")
+    for p in run_dir.rglob("*.tmp"):
+        problems.append(f"temporary left behind: {p.relative_to(run_dir)}")
+    committed = [json.loads(s) for (s,) in ledger_rows(run_dir, "select state_json from stage_runs "
+                                                                "where status in ('done', 'skipped')")]
+    for name in ("summary.json", "LATEST_GOOD"):
+        if (run_dir / name).exists():
+            committed.append(json.loads((run_dir / name).read_text()))
+    bad = sorted({s for c in committed for s in strings(c)
+                  if s.startswith(str(run_dir)) and leftover_or_tmp(s[len(str(run_dir)):])})
+    if bad:
+        problems.append(f"committed state points into a temporary/leftover path: {bad[:3]}")
+    summary = read_summary(run_dir) if (run_dir / "summary.json").exists() else None
+    if summary is None:
+        problems.append("no summary.json")
+    else:
+        final = summary["final"]
+        for key in ("policy", "reward_model"):
+            if final.get(key) and not Path(final[key]).is_dir():
+                problems.append(f"final {key} does not exist: {final[key]}")
+    if ref is not None:
+        extra = sorted(f for f in relative_files(run_dir) - ref.files
+                       if not any(INTERRUPTED.search(part) for part in f.split("/")))
+        if extra:
+            problems.append(f"{len(extra)} path(s) not in the reference and not under an .interrupted-k "
+                            f"leftover, e.g. {extra[:3]}")
+    return problems
+
+
+def normalize(value, run_dir: str, key: str = ""):
+    if isinstance(value, dict):
+        return {k: normalize(v, run_dir, k) for k, v in value.items() if k not in IGNORED_KEYS}
+    if isinstance(value, list):
+        return [normalize(v, run_dir, key) for v in value]
+    if isinstance(value, str):
+        return value.replace(run_dir, "<run_dir>")
+    return value
+
+
+def compare_summaries(ref: dict, got: dict) -> list[str]:
+    """Differences between two summary.json (run dirs masked); floats of trained weights at rel 1e-4."""
+    a, b = normalize(ref, ref["run_dir"]), normalize(got, got["run_dir"])
+    problems: list[str] = []
+
+    def walk(x, y, where: str, key: str) -> None:
+        if len(problems) >= 10:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            if set(x) != set(y):
+                problems.append(f"{where}: keys differ: {sorted(set(x) ^ set(y))}")
+            for k in sorted(set(x) & set(y)):
+                walk(x[k], y[k], f"{where}.{k}", k)
+        elif isinstance(x, list) and isinstance(y, list):
+            if len(x) != len(y):
+                problems.append(f"{where}: {len(x)} items vs {len(y)}")
+            for k, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{where}[{k}]", key)
+        elif isinstance(x, float) and isinstance(y, float) and key not in EXACT_FLOATS:
+            both_nan = math.isnan(x) and math.isnan(y)
+            if not both_nan and not math.isclose(x, y, rel_tol=REL_TOL, abs_tol=ABS_TOL):
+                problems.append(f"{where}: {x!r} vs {y!r}")
+        elif x != y and not (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)):
+            problems.append(f"{where}: {x!r} vs {y!r}")
+
+    walk(a, b, "summary", "")
+    return problems
+
+
+# -- one kill point -----------------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    kind: str  # boundary | write | random
+    point: str  # the RLHF_OPS_FAULT spec, or "sigkill@<delay>s"
+    killed: bool = False  # the first process died as planned
+    landed: str = ""  # what was in flight when it died
+    resumed: bool = False  # the resume exited 0
+    consistent: bool = False  # check_run_dir found nothing
+    equal: bool = False  # summary.json equals the reference's
+    problems: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def resumed_correctly(self) -> bool:
+        return self.killed and self.resumed and self.consistent
+
+
+def in_flight(run_dir: Path, n_nodes: int) -> str:
+    """Where a killed run stopped, from what it left behind."""
+    if not (run_dir / "ledger.sqlite").exists():
+        return "start-up (no ledger yet)"
+    rows = ledger_rows(run_dir, "select iteration, node, status from stage_runs order by id")
+    running = [(i, n) for i, n, s in rows if s == "running"]
+    tmp = any(p.name.endswith(".tmp") for p in run_dir.rglob("*"))
+    if running:
+        i, n = running[-1]
+        phase = "setup" if i < 0 else "iteration"
+        return f"in {phase} node {n}" + (" (a write in flight)" if tmp else "")
+    if not rows:
+        return "start-up (ledger open, no node yet)"
+    if (run_dir / "summary.json").exists():
+        return "after the summary (finishing)"
+    done = sum(s in ("done", "skipped") for _, _, s in rows)
+    return "between nodes" if done < n_nodes else "after the last node, before the summary"
+
+
+def resume_and_check(ref: Reference, run_dir: Path, outcome: Outcome) -> Outcome:
+    p = run_cli(run_dir)
+    outcome.resumed = p.returncode == 0
+    if not outcome.resumed:
+        outcome.problems.append(f"resume exited {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+        (run_dir.with_name(run_dir.name + ".resume.log")).write_text(p.stdout + p.stderr)
+        return outcome
+    outcome.problems += check_run_dir(run_dir, ref)
+    outcome.consistent = not outcome.problems
+    diffs = compare_summaries(ref.summary, read_summary(run_dir))
+    outcome.equal = not diffs
+    outcome.problems += diffs
+    return outcome
+
+
+def fault_kill(ref: Reference, run_dir: Path, kind: str, spec: str) -> Outcome:
+    t0 = time.monotonic()
+    outcome = Outcome(kind, spec)
+    p = run_cli(run_dir, env={"RLHF_OPS_FAULT": spec})
+    outcome.killed = p.returncode in KILLED_RC
+    if not outcome.killed:
+        outcome.problems.append(f"the fault did not fire (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
+    outcome.landed = in_flight(run_dir, len(ref.nodes))
+    resume_and_check(ref, run_dir, outcome)
+    outcome.wall_s = round(time.monotonic() - t0, 1)
+    return outcome
+
+
+def random_kill(ref: Reference, run_dir: Path, delay: float) -> Outcome:
+    t0 = time.monotonic()
+    outcome = Outcome("random", f"sigkill@{delay:.2f}s")
+    proc = popen_cli(run_dir, run_dir.with_name(run_dir.name + ".killed.log"))
+    try:
+        proc.wait(timeout=delay)
+        outcome.problems.append(f"finished (exit {proc.returncode}) before the kill at {delay:.2f}s")
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and anything it started, like kill -9
+        proc.wait()
+        outcome.killed = proc.returncode in KILLED_RC
+    outcome.landed = in_flight(run_dir, len(ref.nodes)) if outcome.killed else "finished first"
+    resume_and_check(ref, run_dir, outcome)
+    outcome.wall_s = round(time.monotonic() - t0, 1)
+    return outcome
+
+
+# -- the campaign -----------------------------------------------------------------------------------------------
+
+KIND_ROWS = [
+    ("boundary: before a node", lambda o: o.kind == "boundary" and o.point.endswith(":before")),
+    ("boundary: after a node's work, before its commit", lambda o: o.kind == "boundary" and o.point.endswith(":after")),
+    ("write: temporary complete, before the rename", lambda o: o.kind == "write" and not o.point.endswith(":mid")),
+    ("write: temporary cut short (mid-write)", lambda o: o.kind == "write" and o.point.endswith(":mid")),
+    ("random-time SIGKILL", lambda o: o.kind == "random"),
+]
+
+
+def table(outcomes: list[Outcome]) -> str:
+    lines = ["| kind of kill point | tried | resumed correctly | final summary equal |", "|---|---|---|---|"]
+    for label, match in KIND_ROWS:
+        rows = [o for o in outcomes if match(o)]
+        if rows:
+            lines.append(f"| {label} | {len(rows)} | {sum(o.resumed_correctly for o in rows)} | "
+                         f"{sum(o.resumed_correctly and o.equal for o in rows)} |")
+    lines.append(f"| **all** | {len(outcomes)} | {sum(o.resumed_correctly for o in outcomes)} | "
+                 f"{sum(o.resumed_correctly and o.equal for o in outcomes)} |")
+    return "\n".join(lines)
+
+
+def landing_table(outcomes: list[Outcome]) -> str:
+    randoms = [o for o in outcomes if o.kind == "random"]
+    if not randoms:
+        return ""
+    counts: dict[str, list[Outcome]] = {}
+    for o in randoms:
+        counts.setdefault(o.landed, []).append(o)
+    lines = ["| random kill landed | kills | resumed correctly | final summary equal |", "|---|---|---|---|"]
+    for where, rows in sorted(counts.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"| {where} | {len(rows)} | {sum(o.resumed_correctly for o in rows)} | "
+                     f"{sum(o.resumed_correctly and o.equal for o in rows)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kills", type=int, default=20, help="random-time SIGKILLs (default 20)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random kill delays (default 0)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/rlhf_ops_fault_injection"),
+                    help="directory for the run dirs, logs and campaign.json")
+    ap.add_argument("--kinds", default="boundary,write,random", help="comma-separated subset of boundary,write,random")
+    ap.add_argument("--write-stride", type=int, default=1, help="try every K-th atomic write only (default: all)")
+    args = ap.parse_args(argv)
+    kinds = set(args.kinds.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    ref = reference_run(args.out / "reference")
+    print(f"reference: {ref.wall_s:.1f}s, {len(ref.nodes)} nodes, {len(ref.writes)} atomic writes", flush=True)
+    plan: list[tuple[str, str | float]] = []
+    if "boundary" in kinds:
+        plan += [("boundary", p) for p in boundary_points(ref)]
+    if "write" in kinds:
+        plan += [("write", p) for p in write_points(ref, args.write_stride)]
+    if "random" in kinds:
+        rng = random.Random(args.seed)
+        plan += [("random", rng.uniform(0.0, ref.wall_s)) for _ in range(args.kills)]
+    outcomes: list[Outcome] = []
+    for k, (kind, point) in enumerate(plan):
+        run_dir = args.out / f"{k:03d}_{kind}"
+        if kind == "random":
+            o = random_kill(ref, run_dir, float(point))
+        else:
+            o = fault_kill(ref, run_dir, kind, str(point))
+        outcomes.append(o)
+        verdict = "ok" if o.resumed_correctly and o.equal else "FAIL: " + "; ".join(o.problems[:3])
+        print(f"[{k + 1}/{len(plan)}] {kind} {o.point} -> {o.landed}: {verdict} ({o.wall_s}s)", flush=True)
+        (args.out / "campaign.json").write_text(json.dumps(
+            {"reference": {"wall_s": ref.wall_s, "nodes": ref.nodes, "writes": ref.writes},
+             "seed": args.seed, "outcomes": [asdict(x) for x in outcomes]}, indent=1))
+    print()
+    print(table(outcomes))
+    print()
+    print(landing_table(outcomes))
+    print(f"\ncampaign wall time: {(time.monotonic() - t0) / 60:.1f} min; details: {args.out / 'campaign.json'}")
+    return 0 if all(o.resumed_correctly and o.equal for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
