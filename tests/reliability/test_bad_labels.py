@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ GOOD = '{"pair_id": "p1", "choice": "a"}\n'
 
 # (what, bad line, the problem reported for it)
 BAD_LINES = [
-    ("bad JSON", b'{"pair_id": "p2", "choice": "a"\n', "not valid JSON"),
+    ("bad JSON", b'{"pair_id": "p2", "choice": "a"\n', "not valid JSON (Expecting ',' delimiter)"),
     ("not an object", b'["p2", "a"]\n', "expected a JSON object, got list"),
     ("missing field", b'{"pair_id": "p2"}\n', "missing field(s) ['choice']"),
     ("wrong type", b'{"pair_id": 2, "choice": "a"}\n', "'pair_id' and 'choice' must be strings (got int, str)"),
@@ -34,7 +35,7 @@ BAD_LINES = [
     ("empty id", b'{"pair_id": "  ", "choice": "a"}\n', "empty 'pair_id'"),
     ("unknown pair id", b'{"pair_id": "zz", "choice": "a"}\n', "unknown pair_id 'zz' (not in to_label.jsonl)"),
     ("duplicate row", b'{"pair_id": "p1", "choice": "b"}\n', "duplicate label for pair_id 'p1'"),
-    ("not UTF-8", b'{"pair_id": "p2", "choice": "\xe9"}\n', "not UTF-8 text (invalid continuation byte at byte 30)"),
+    ("not UTF-8", b'{"pair_id": "p2", "choice": "\xe9"}\n', "not UTF-8 text (invalid continuation byte at byte 29)"),
 ]
 
 
@@ -52,7 +53,7 @@ def test_bad_label_line_is_an_error_naming_file_and_line(tmp_path, what, line, p
 def test_skip_uses_the_good_rows_and_counts_the_bad_ones(tmp_path, caplog):
     path = tmp_path / "labels.jsonl"
     path.write_bytes(GOOD.encode() + b"".join(line for _, line, _ in BAD_LINES) + b'{"pair_id": "p3", "choice": "b"}\n')
-    with pytest.raises(InputError, match=rf"{path}:2: not valid JSON .*\(and 8 more\)"):
+    with pytest.raises(InputError, match=re.escape(f"{path}:2: not valid JSON (Expecting ',' delimiter) (and 8 more)")):
         read_labels(path, KNOWN)
     with caplog.at_level(logging.WARNING, logger="rlhf_ops.labelers.human"):
         choices, problems = read_labels(path, KNOWN, on_error="skip")
