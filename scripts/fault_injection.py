@@ -12,10 +12,13 @@ write, via RLHF_OPS_FAULT_LOG); then, one at a time (never two training processe
 - write: RLHF_OPS_FAULT="write:<n>" (temporary complete, before the rename) and "write:<n>:mid"
   (temporary cut short) for every atomic write of the reference (tables, JSON, checkpoints);
 - random: SIGKILL to the CLI's process group after a delay drawn uniformly (seeded) from
-  [0, reference wall time], so kills land in start-up, trainers, generation, writes and commits.
+  [0, reference wall time], so kills land in start-up, trainers, generation, writes and commits;
+- enospc (only with --kinds ...,enospc): RLHF_OPS_FAULT="write:<n>:enospc" makes each atomic write
+  fail with OSError(ENOSPC) at its rename; the run must exit 1 naming the error, and the resume
+  (disk freed) must finish like the reference.
 
 After each kill the same command is run again. A kill point "resumed correctly" when the first
-process died as planned, the resume exited 0, and the run dir passes `check_run_dir`: each
+process died as planned (enospc: exited 1 with "No space left on device"), the resume exited 0, and the run dir passes `check_run_dir`: each
 (iteration, node) has exactly one 'done'/'skipped' row and the same ones as the reference, no
 'running' row is left, every recorded artifact whose files exist verifies against its hash
 (Ledger.verify_artifact; a missing one must carry a `.PRUNED` marker), no `*.tmp` is left, nothing
@@ -55,6 +58,7 @@ from conftest import TINY  # noqa: E402  (the test suite's overrides: one defini
 LOOP = ["+experiment=quickstart", *TINY, "loop.iterations=2"]
 KILLED_RC = (137, -signal.SIGKILL)  # os._exit(137) from a fault hook, or a real SIGKILL
 INTERRUPTED = re.compile(r"\.interrupted-\d+$")
+SQLITE_SIDE = re.compile(r"ledger\.sqlite-(wal|shm|journal)$")  # SQLite's own, while a connection is open
 # Floats that come out of trained weights; everything else in the summary must match exactly.
 EXACT_FLOATS = {"gold", "length", "beta", "lr_scale", "gold_chosen", "gold_rejected", "iteration", "restored_iteration"}
 REL_TOL, ABS_TOL = 1e-4, 1e-6
@@ -124,8 +128,8 @@ def boundary_points(ref: Reference) -> list[str]:
     return [f"{i}:{n}:{where}" for i, n in ref.nodes for where in ("before", "after")]
 
 
-def write_points(ref: Reference, stride: int = 1) -> list[str]:
-    return [f"write:{n}{mode}" for n, _ in ref.writes[::stride] for mode in ("", ":mid")]
+def write_points(ref: Reference, stride: int = 1, modes: tuple[str, ...] = ("", ":mid")) -> list[str]:
+    return [f"write:{n}{mode}" for n, _ in ref.writes[::stride] for mode in modes]
 
 
 # -- checks ----------------------------------------------------------------------------------------------
@@ -212,7 +216,7 @@ def check_run_dir(run_dir: Path, ref: Reference | None = None) -> list[str]:
                 problems.append(f"final {key} does not exist: {final[key]}")
     if ref is not None:
         extra = sorted(f for f in relative_files(run_dir) - ref.files
-                       if not any(INTERRUPTED.search(part) for part in f.split("/")))
+                       if not any(INTERRUPTED.search(part) for part in f.split("/")) and not SQLITE_SIDE.match(f))
         if extra:
             problems.append(f"{len(extra)} path(s) not in the reference and not under an .interrupted-k "
                             f"leftover, e.g. {extra[:3]}")
@@ -315,7 +319,10 @@ def fault_kill(ref: Reference, run_dir: Path, kind: str, spec: str) -> Outcome:
     t0 = time.monotonic()
     outcome = Outcome(kind, spec)
     p = run_cli(run_dir, env={"RLHF_OPS_FAULT": spec})
-    outcome.killed = p.returncode in KILLED_RC
+    if spec.endswith(":enospc"):  # not a kill: the write fails, the run must stop with the error
+        outcome.killed = p.returncode == 1 and "No space left on device" in p.stderr
+    else:
+        outcome.killed = p.returncode in KILLED_RC
     if not outcome.killed:
         outcome.problems.append(f"the fault did not fire (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}")
     outcome.landed = in_flight(run_dir, len(ref.nodes))
@@ -348,6 +355,7 @@ KIND_ROWS = [
     ("boundary: after a node's work, before its commit", lambda o: o.kind == "boundary" and o.point.endswith(":after")),
     ("write: temporary complete, before the rename", lambda o: o.kind == "write" and not o.point.endswith(":mid")),
     ("write: temporary cut short (mid-write)", lambda o: o.kind == "write" and o.point.endswith(":mid")),
+    ("disk full: ENOSPC at a write's rename (exit 1), then resume", lambda o: o.kind == "enospc"),
     ("random-time SIGKILL", lambda o: o.kind == "random"),
 ]
 
@@ -384,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random kill delays (default 0)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/rlhf_ops_fault_injection"),
                     help="directory for the run dirs, logs and campaign.json")
-    ap.add_argument("--kinds", default="boundary,write,random", help="comma-separated subset of boundary,write,random")
+    ap.add_argument("--kinds", default="boundary,write,random",
+                    help="comma-separated subset of boundary,write,random,enospc (enospc: a full disk at each "
+                         "atomic write; the run must exit 1 naming the error and the resume must finish)")
     ap.add_argument("--write-stride", type=int, default=1, help="try every K-th atomic write only (default: all)")
     args = ap.parse_args(argv)
     kinds = set(args.kinds.split(","))
@@ -397,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         plan += [("boundary", p) for p in boundary_points(ref)]
     if "write" in kinds:
         plan += [("write", p) for p in write_points(ref, args.write_stride)]
+    if "enospc" in kinds:
+        plan += [("enospc", p) for p in write_points(ref, args.write_stride, (":enospc",))]
     if "random" in kinds:
         rng = random.Random(args.seed)
         plan += [("random", rng.uniform(0.0, ref.wall_s)) for _ in range(args.kills)]
