@@ -79,7 +79,15 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        # The new checkpoint could not be put in place (disk full, I/O error): put the previous one
+        # back under its real name, so a failed write never costs the last good checkpoint.
+        if old is not None and not final.exists():
+            os.replace(old, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_dir(final.parent)
     if old is not None and old.name.endswith(".old"):
         shutil.rmtree(old, ignore_errors=True)
@@ -99,9 +107,12 @@ def _fsync_dir(path: Path) -> None:
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    maybe_die_write(tmp)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        maybe_die_write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there if the write or the rename failed
 
 
 def write_meta(stage_dir: str | Path, meta: dict) -> None:
@@ -115,13 +126,33 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
         raise InputError(f"{path}: unsupported table format (use one of {', '.join(TABLE_SUFFIXES)})")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    maybe_die_write(tmp)
-    os.replace(tmp, path)
+    try:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            # json.dumps per row, not df.to_json: to_json keeps 15 significant digits, which can
+            # turn a gold-reward tie into a win after a round trip.
+            with open(tmp, "w", encoding="utf-8") as f:
+                for record in df.to_dict(orient="records"):
+                    f.write(json.dumps(_jsonable(record), allow_nan=False, ensure_ascii=False) + "\n")
+        maybe_die_write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there if the write or the rename failed
     return path
+
+
+def _jsonable(record: dict) -> dict:
+    out = {}
+    for key, value in record.items():
+        if hasattr(value, "item"):  # numpy scalar
+            value = value.item()
+        elif hasattr(value, "tolist"):  # numpy array
+            value = value.tolist()
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        out[key] = value
+    return out
 
 
 def read_table(path: str | Path, *, required: tuple[str, ...] = (), nonempty_text: tuple[str, ...] = (),
@@ -141,7 +172,7 @@ def read_table(path: str | Path, *, required: tuple[str, ...] = (), nonempty_tex
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_json(path, lines=True, dtype=False)
+            df = _read_jsonl(path)
     except ValueError as e:
         raise InputError(f"{path}: cannot parse {what}: {e}") from e
     if len(df) == 0:
@@ -154,6 +185,19 @@ def read_table(path: str | Path, *, required: tuple[str, ...] = (), nonempty_tex
             if not isinstance(v, str) or not v.strip():
                 raise InputError(f"{path}: row {i}: column '{col}' is empty or not text ({v!r})")
     return df
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON lines parsed with `json` (floats round-trip exactly, ids stay strings)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"line {n}: not valid JSON ({e.msg})") from e
+    return pd.DataFrame.from_records(rows)
 
 
 def check_finite(values: dict[str, Any], where: str) -> None:

@@ -7,7 +7,6 @@ import pytest
 from conftest import run_cli
 from rlhf_ops.cli import compose, precheck
 
-
 @pytest.mark.parametrize("override, expected", [
     ("model.hiden_size=64", "unknown config key 'model.hiden_size'"),
     ("loop.kl.beta=abc", "bad value for 'loop.kl.beta'"),
@@ -22,20 +21,16 @@ def test_bad_override_is_one_line_naming_it(override, expected):
     assert err is not None and expected in err
     assert "\n" not in err
 
-
 def test_unknown_experiment_lists_the_options():
     err = precheck(["+experiment=quikstart"])
     assert "experiment/quikstart" in err and "quickstart" in err and "\n" not in err
-
 
 def test_sweep_values_are_checked_each():
     assert precheck(["-m", "+experiment=quickstart", "loop.kl.beta=0.01,0.1"]) is None
     err = precheck(["-m", "+experiment=quickstart", "loop.kl.beta=0.01,oops"])
     assert "loop.kl.beta" in err
 
-
 def test_every_experiment_composes():
-    from pathlib import Path
 
     from conftest import REPO
 
@@ -44,7 +39,6 @@ def test_every_experiment_composes():
     for name in names:
         assert precheck([f"+experiment={name}"]) is None, name
         assert compose([f"+experiment={name}"]).name == name
-
 
 def test_cli_exits_2_with_one_line_before_any_work(tmp_path):
     p = run_cli("+experiment=quickstart", "model.hiden_size=64", f"run_dir={tmp_path / 'r'}", timeout=120)

@@ -9,13 +9,11 @@ sees half a file.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import os
 import random
 
 import pandas as pd
 
+from rlhf_ops.artifacts import read_table, write_table  # noqa: F401  (re-exported: the testbed's table I/O)
 from rlhf_ops.testbed.annotators import SimulatedAnnotator
 from rlhf_ops.testbed.gold import gold_reward
 from rlhf_ops.testbed.task import ReviewGrammar
@@ -112,45 +110,3 @@ def build_prompt_pool(prompt_rows: list[dict]) -> pd.DataFrame:
                                      columns=POOL_COLUMNS)
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write parquet if `path` ends in .parquet, else JSON lines; atomically (tmp + rename)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        if path.endswith(".parquet"):
-            df.to_parquet(tmp, index=False)
-        else:
-            # json.dumps rather than df.to_json: to_json keeps at most 15 significant digits,
-            # which perturbs gold rewards and can turn a gold tie into a win or vice versa.
-            with open(tmp, "w", encoding="utf-8") as f:
-                for record in df.to_dict(orient="records"):
-                    f.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _jsonable(record: dict) -> dict:
-    out = {}
-    for key, value in record.items():
-        if hasattr(value, "item"):  # numpy scalar
-            value = value.item()
-        if isinstance(value, float) and math.isnan(value):
-            value = None
-        out[key] = value
-    return out
-
-
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table written by `write_table`.
-
-    JSON lines keep no schema, so an empty .jsonl table reads back with no columns.
-    """
-    path = os.fspath(path)
-    if path.endswith(".parquet"):
-        return pd.read_parquet(path)
-    # Parsed with json (not pd.read_json) so floats round-trip exactly and ids stay strings.
-    with open(path, encoding="utf-8") as f:
-        return pd.DataFrame.from_records([json.loads(line) for line in f if line.strip()])

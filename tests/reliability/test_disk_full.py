@@ -61,8 +61,6 @@ def test_disk_full_while_saving_weights_keeps_the_previous_checkpoint(tiny_asset
     assert_previous_checkpoint_usable(out, before)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in artifacts.atomic_dir: a failed final rename leaves the previous "
-                   "checkpoint only at <out>.old and the new one at <out>.tmp")
 def test_disk_full_at_the_rename_keeps_the_previous_checkpoint(tiny_assets, finished_sft, monkeypatch):
     out, before = finished_sft
     real_replace = os.replace
@@ -79,7 +77,7 @@ def test_disk_full_at_the_rename_keeps_the_previous_checkpoint(tiny_assets, fini
     assert_previous_checkpoint_usable(out, before)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in artifacts.write_table: a failed write leaves <table>.tmp behind")
+
 def test_disk_full_while_writing_a_table_keeps_the_previous_table(tmp_path, monkeypatch):
     path = write_table(pd.DataFrame({"a": [1, 2, 3]}), tmp_path / "store.parquet")
 
@@ -94,7 +92,7 @@ def test_disk_full_while_writing_a_table_keeps_the_previous_table(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["store.parquet"], "no .tmp left"
 
 
-@pytest.mark.xfail(strict=True, reason="bug in artifacts.write_json_atomic: a failed write leaves <file>.tmp behind")
+
 def test_disk_full_while_writing_json_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "LATEST_GOOD"
     write_json_atomic(path, {"iteration": 0})
