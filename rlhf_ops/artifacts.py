@@ -71,7 +71,6 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    maybe_die_write(tmp)  # fault injection (rlhf_ops.faults); a no-op unless RLHF_OPS_FAULT is set
     old = None
     if final.exists():
         suffix = ".old" if is_finished(final) else f".interrupted-{int(time.time())}"
@@ -80,6 +79,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old)
         os.replace(final, old)
     try:
+        maybe_die_write(tmp)  # fault injection (rlhf_ops.faults); a no-op unless RLHF_OPS_FAULT is set
         os.replace(tmp, final)
     except BaseException:
         # The new checkpoint could not be put in place (disk full, I/O error): put the previous one

@@ -13,8 +13,10 @@
 Node points: before (the node starts) | after (its work is done but not yet committed to the
 ledger); setup nodes have iteration -1. Atomic writes are `artifacts.write_table`,
 `write_json_atomic` and `atomic_dir` (checkpoints); each calls `maybe_die_write(tmp)` once, between
-"temporary complete" and the rename. They are counted from 1 in every process, so "write:<n>"
-names the same write as line n of a RLHF_OPS_FAULT_LOG of an identical run.
+"temporary complete" and the rename, inside the write's own error handling (so an injected ENOSPC is
+cleaned up like a real failed rename; a checkpoint replacing a finished one has already moved that
+one to `<name>.old` at this point). They are counted from 1 in every process, so "write:<n>" names
+the same write as line n of a RLHF_OPS_FAULT_LOG of an identical run.
 
 The process exits with os._exit(137): no cleanup, no finally blocks, no flushed buffers, exactly
 what a SIGKILL or a preempted machine leaves behind. Unset in normal runs: each hook is one

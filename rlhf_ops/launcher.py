@@ -95,7 +95,15 @@ def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: 
     t0 = time.time()
     with atomic_dir(output, overwrite=overwrite) as tmp:
         spec["tmp_dir"] = str(tmp)
-        metrics = _launch(spec, launcher) if distributed(launcher) else module.train(spec)
+        if distributed(launcher):
+            metrics = _launch(spec, launcher)
+        else:
+            # A stage's result must not depend on what ran before it in this process (a resumed run
+            # starts a fresh one): a new head's random init, dropout and shuffles start from the seed.
+            from transformers import set_seed
+
+            set_seed(spec["seed"])
+            metrics = module.train(spec)
         meta = {
             "stage": stage, "config": spec["cfg"], "inputs": spec["inputs"], "output": str(output),
             "seed": spec["seed"], "metrics": metrics, "wall_s": round(time.time() - t0, 2),

@@ -11,8 +11,11 @@ write, via RLHF_OPS_FAULT_LOG); then, one at a time (never two training processe
   reference (setup nodes have iteration -1); "after" is after the node's work, before its commit;
 - write: RLHF_OPS_FAULT="write:<n>" (temporary complete, before the rename) and "write:<n>:mid"
   (temporary cut short) for every atomic write of the reference (tables, JSON, checkpoints);
-- random: SIGKILL to the CLI's process group after a delay drawn uniformly (seeded) from
-  [0, reference wall time], so kills land in start-up, trainers, generation, writes and commits;
+- random: SIGKILL to the CLI's process group after a delay drawn uniformly (seeded) from [0, T],
+  T the wall time of an uninterrupted run timed just before (the reference, or a probe run when
+  other kinds ran first), so kills land in start-up, trainers, generation, writes and commits; a
+  run that finishes before its kill (the machine got faster) is not counted, T becomes its time and
+  the delay is drawn again, until --kills kills have landed;
 - enospc (only with --kinds ...,enospc): RLHF_OPS_FAULT="write:<n>:enospc" makes each atomic write
   fail with OSError(ENOSPC) at its rename; the run must exit 1 naming the error, and the resume
   (disk freed) must finish like the reference.
@@ -43,6 +46,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -291,9 +295,12 @@ def in_flight(run_dir: Path, n_nodes: int) -> str:
     if running:
         i, n = running[-1]
         phase = "setup" if i < 0 else "iteration"
-        return f"in {phase} node {n}" + (" (a write in flight)" if tmp else "")
+        return f"in {phase} node {n}" + (" (a .tmp present)" if tmp else "")
     if not rows:
         return "start-up (ledger open, no node yet)"
+    i, n, s = rows[-1]
+    if s == "failed":
+        return f"failed in {'setup' if i < 0 else 'iteration'} node {n}"
     if (run_dir / "summary.json").exists():
         return "after the summary (finishing)"
     done = sum(s in ("done", "skipped") for _, _, s in rows)
@@ -331,18 +338,22 @@ def fault_kill(ref: Reference, run_dir: Path, kind: str, spec: str) -> Outcome:
     return outcome
 
 
-def random_kill(ref: Reference, run_dir: Path, delay: float) -> Outcome:
+def random_kill(ref: Reference, run_dir: Path, delay: float) -> Outcome | float:
+    """SIGKILL after `delay` seconds, then resume and check; or, if the run finished before the delay
+    (the machine got faster than when the duration was measured), its wall time: draw again."""
     t0 = time.monotonic()
     outcome = Outcome("random", f"sigkill@{delay:.2f}s")
     proc = popen_cli(run_dir, run_dir.with_name(run_dir.name + ".killed.log"))
     try:
         proc.wait(timeout=delay)
-        outcome.problems.append(f"finished (exit {proc.returncode}) before the kill at {delay:.2f}s")
+        finished_after = time.monotonic() - t0
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return finished_after
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and anything it started, like kill -9
         proc.wait()
         outcome.killed = proc.returncode in KILLED_RC
-    outcome.landed = in_flight(run_dir, len(ref.nodes)) if outcome.killed else "finished first"
+    outcome.landed = in_flight(run_dir, len(ref.nodes))
     resume_and_check(ref, run_dir, outcome)
     outcome.wall_s = round(time.monotonic() - t0, 1)
     return outcome
@@ -409,22 +420,35 @@ def main(argv: list[str] | None = None) -> int:
         plan += [("write", p) for p in write_points(ref, args.write_stride)]
     if "enospc" in kinds:
         plan += [("enospc", p) for p in write_points(ref, args.write_stride, (":enospc",))]
-    if "random" in kinds:
-        rng = random.Random(args.seed)
-        plan += [("random", rng.uniform(0.0, ref.wall_s)) for _ in range(args.kills)]
     outcomes: list[Outcome] = []
-    for k, (kind, point) in enumerate(plan):
-        run_dir = args.out / f"{k:03d}_{kind}"
-        if kind == "random":
-            o = random_kill(ref, run_dir, float(point))
-        else:
-            o = fault_kill(ref, run_dir, kind, str(point))
+
+    def record(o: Outcome, k: int, total: int | str) -> None:
         outcomes.append(o)
         verdict = "ok" if o.resumed_correctly and o.equal else "FAIL: " + "; ".join(o.problems[:3])
-        print(f"[{k + 1}/{len(plan)}] {kind} {o.point} -> {o.landed}: {verdict} ({o.wall_s}s)", flush=True)
+        print(f"[{k}/{total}] {o.kind} {o.point} -> {o.landed}: {verdict} ({o.wall_s}s)", flush=True)
         (args.out / "campaign.json").write_text(json.dumps(
-            {"reference": {"wall_s": ref.wall_s, "nodes": ref.nodes, "writes": ref.writes},
-             "seed": args.seed, "outcomes": [asdict(x) for x in outcomes]}, indent=1))
+            {"reference": {"wall_s": ref.wall_s, "nodes": ref.nodes, "writes": ref.writes}, "seed": args.seed,
+             "random_duration_s": duration, "random_redrawn": redrawn, "outcomes": [asdict(x) for x in outcomes]},
+            indent=1))
+
+    duration, redrawn = ref.wall_s, []
+    for k, (kind, point) in enumerate(plan):
+        record(fault_kill(ref, args.out / f"{k:03d}_{kind}", kind, str(point)), k + 1, len(plan))
+    if "random" in kinds:
+        if plan:  # the machine's speed may have changed since the reference: time an uninterrupted run now
+            duration = reference_run(args.out / "probe").wall_s
+            print(f"probe: an uninterrupted run now takes {duration:.1f}s", flush=True)
+        rng, kills = random.Random(args.seed), 0
+        while kills < args.kills and len(redrawn) < 2 * args.kills:
+            delay = rng.uniform(0.0, duration)
+            o = random_kill(ref, args.out / f"{len(plan) + kills:03d}_random", delay)
+            if isinstance(o, float):  # finished before the kill: the run is faster now; draw again
+                redrawn.append(round(delay, 2))
+                duration = o
+                print(f"finished in {o:.1f}s, before the kill at {delay:.2f}s: drawn again", flush=True)
+                continue
+            kills += 1
+            record(o, kills, args.kills)
     print()
     print(table(outcomes))
     print()

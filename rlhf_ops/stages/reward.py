@@ -53,6 +53,7 @@ def split_heldout(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.Data
 
 
 def train(spec: dict) -> dict:
+    from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
     cfg, inputs, seed = spec["cfg"], spec["inputs"], spec["seed"]
@@ -73,6 +74,7 @@ def train(spec: dict) -> dict:
         if k > 1 and cfg.get("bootstrap", True):
             rows = train_df.iloc[np.random.default_rng(member_seed).integers(0, len(train_df), len(train_df))]
         ds = Dataset.from_pandas(rows[list(REQUIRED)].reset_index(drop=True))
+        set_seed(member_seed)  # the score head is a fresh random init when the init is a causal LM
         model = load_sequence_classifier(inits[m % len(inits)], trc)
         model.config.pad_token_id = tokenizer.pad_token_id
         args = RewardConfig(

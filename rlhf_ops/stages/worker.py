@@ -16,7 +16,10 @@ def main(spec_path: str) -> None:
     from ..launcher import RESULT_FILE, STAGES
     from .common import is_main_process
 
+    from transformers import set_seed
+
     spec = json.loads(Path(spec_path).read_text())
+    set_seed(spec["seed"])
     metrics = STAGES[spec["stage"]].train(spec)
     if is_main_process():
         out = Path(spec["tmp_dir"]) / RESULT_FILE

@@ -77,7 +77,6 @@ def test_disk_full_at_the_rename_keeps_the_previous_checkpoint(tiny_assets, fini
     assert_previous_checkpoint_usable(out, before)
 
 
-
 def test_disk_full_while_writing_a_table_keeps_the_previous_table(tmp_path, monkeypatch):
     path = write_table(pd.DataFrame({"a": [1, 2, 3]}), tmp_path / "store.parquet")
 
@@ -90,7 +89,6 @@ def test_disk_full_while_writing_a_table_keeps_the_previous_table(tmp_path, monk
         write_table(pd.DataFrame({"a": [4]}), path)
     assert pd.read_parquet(path)["a"].tolist() == [1, 2, 3]
     assert [p.name for p in tmp_path.iterdir()] == ["store.parquet"], "no .tmp left"
-
 
 
 def test_disk_full_while_writing_json_keeps_the_previous_file(tmp_path, monkeypatch):
