@@ -228,7 +228,10 @@ class LoopConfig:
     rm_replay_ratio: float = 0.5
     # Share of the fresh pairs held out to validate an RM update (old vs new accuracy).
     rm_heldout_fraction: float = 0.25
+    # A refresh is kept unless its held-out accuracy drops by more than
+    # tolerance + z * SE(paired difference): a drop the held-out pairs can tell from noise.
     rm_accuracy_tolerance: float = 0.02
+    rm_accuracy_z: float = 1.645
     # How PPO combines an RM ensemble: mean | min | uncertainty
     ensemble_reduce: str = "mean"
     ensemble_lambda: float = 1.0

@@ -105,13 +105,19 @@ def member_scores(model: nn.Module, tokenizer, prompts: list[str], completions: 
     return np.concatenate(out, axis=0) if out else np.zeros((0, 1))
 
 
-def pair_accuracy(model, tokenizer, prompts, chosen, rejected, batch_size: int = 64) -> float:
-    """Fraction of pairs where the (mean) reward of chosen exceeds rejected."""
+def pair_correct(model, tokenizer, prompts, chosen, rejected, batch_size: int = 64) -> np.ndarray:
+    """Per pair: does the (mean) reward of chosen exceed rejected's?"""
     if not len(prompts):
-        return float("nan")
+        return np.zeros(0, dtype=bool)
     c = member_scores(model, tokenizer, list(prompts), list(chosen), batch_size).mean(-1)
     r = member_scores(model, tokenizer, list(prompts), list(rejected), batch_size).mean(-1)
-    return float(np.mean(c > r))
+    return np.asarray(c > r)
+
+
+def pair_accuracy(model, tokenizer, prompts, chosen, rejected, batch_size: int = 64) -> float:
+    """Fraction of pairs where the (mean) reward of chosen exceeds rejected."""
+    ok = pair_correct(model, tokenizer, prompts, chosen, rejected, batch_size)
+    return float(np.mean(ok)) if len(ok) else float("nan")
 
 
 def load_scorer(path, trust_remote_code: bool = False):

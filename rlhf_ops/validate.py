@@ -51,6 +51,9 @@ def validate_config(cfg) -> None:
         raise ValueError("stage.reward.ensemble_size must be >= 1")
     if cfg.loop.kl.beta < 0:
         raise ValueError(f"loop.kl.beta={cfg.loop.kl.beta} must be >= 0")
+    for key in ("rm_accuracy_tolerance", "rm_accuracy_z"):
+        if not cfg.loop[key] >= 0:
+            raise ValueError(f"loop.{key}={cfg.loop[key]} must be >= 0")
     if not 0 <= cfg.loop.rm_replay_ratio < 1:
         raise ValueError(f"loop.rm_replay_ratio={cfg.loop.rm_replay_ratio} must be in [0, 1)")
     if cfg.model.path and not Path(cfg.model.path).is_dir():

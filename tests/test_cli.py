@@ -14,6 +14,7 @@ from rlhf_ops.cli import compose, precheck
     ("loop.labeler=oracle", "loop.labeler: 'oracle' is not one of"),
     ("stage.ppo.num_mini_batches=3", "stage.ppo.num_mini_batches=3 must divide the batch"),
     ("loop.rm_freeze=[[0,2]]", "the reward model can never be updated within loop.iterations=3"),
+    ("loop.rm_accuracy_z=-1", "loop.rm_accuracy_z=-1.0 must be >= 0"),
     ("launcher.deepspeed=deepspeed/zero9.json", "DeepSpeed config not found: deepspeed/zero9.json"),
 ])
 def test_bad_override_is_one_line_naming_it(override, expected):

@@ -53,6 +53,15 @@ def test_loop_end_to_end(full_run):
     assert {"labeler", "policy_checkpoint"} <= set(prefs.columns)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert any(json.loads(line)["node"] == "evaluate" for line in lines)
+    # Each RM refresh judged old and new RM on the same held-out pairs; its verdict follows the
+    # noise-aware rule (drop <= tolerance + z * paired SE keeps the new RM).
+    from rlhf_ops.control.rm_update_policy import accept_new_rm
+
+    for i in (0, 1):
+        m = dict(ledger_rows(run_dir, f"select key, value from metrics where node='rm_update' and iteration={i}"))
+        assert m["rm_updated"] == 1.0 and 0.0 <= m["rm_accuracy_se"] <= 1.0
+        kept, _ = accept_new_rm(m["rm_old_accuracy"], m["rm_new_accuracy"], 0.02, m["rm_accuracy_se"], 1.645)
+        assert m["rm_kept_new"] == float(kept)
 
 
 def test_rerun_of_a_finished_run_does_nothing_twice(full_run):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+import numpy as np
+
 __all__ = ["RMUpdatePolicy", "accept_new_rm"]
 
 
@@ -183,12 +185,36 @@ class RMUpdatePolicy:
                 f"never={self.never})")
 
 
-def accept_new_rm(old_acc: float | None, new_acc: float,
-                  tolerance: float = 0.0) -> tuple[bool, str]:
-    """Keep the previous RM if held-out accuracy drops by more than ``tolerance``."""
+def paired_accuracy_se(old_correct, new_correct) -> float:
+    """Standard error of (old accuracy - new accuracy) when both RMs judged the same pairs.
+
+    Only the pairs the two disagree on carry information (McNemar): with b pairs only the old RM
+    gets right and c only the new one does, the difference is (b - c) / n with standard error
+    sqrt(b + c) / n. Two RMs that agree everywhere have no noise to allow for; on 16 pairs one
+    disagreement is worth 1/16 = 0.0625.
+    """
+    old, new = np.asarray(old_correct, dtype=bool), np.asarray(new_correct, dtype=bool)
+    if old.shape != new.shape or old.ndim != 1:
+        raise ValueError(f"paired_accuracy_se: need two equal-length 1-d vectors, got {old.shape} and {new.shape}")
+    if not len(old):
+        return float("nan")
+    return math.sqrt(float(np.sum(old != new))) / len(old)
+
+
+def accept_new_rm(old_acc: float | None, new_acc: float, tolerance: float = 0.0,
+                  se: float = 0.0, z: float = 0.0) -> tuple[bool, str]:
+    """Keep the previous RM if held-out accuracy drops by more than ``tolerance + z * se``.
+
+    ``se`` is the standard error of the drop (``paired_accuracy_se``), so a refresh is rejected only
+    for a drop its held-out pairs can tell from noise; ``z = 0`` is the plain tolerance test.
+    """
     tol = _finite("accept_new_rm", "tolerance", tolerance)
     if tol < 0:
         raise ValueError(f"accept_new_rm: tolerance must be >= 0, got {tolerance!r}")
+    zz = _finite("accept_new_rm", "z", z)
+    if zz < 0:
+        raise ValueError(f"accept_new_rm: z must be >= 0, got {z!r}")
+    noise = zz * se if isinstance(se, (int, float)) and math.isfinite(se) and se > 0 else 0.0
     ok = not isinstance(new_acc, bool) and isinstance(new_acc, (int, float))
     if not ok or not math.isfinite(new_acc):
         return False, f"new RM held-out accuracy is not finite ({new_acc!r}); keeping previous RM"
@@ -197,8 +223,9 @@ def accept_new_rm(old_acc: float | None, new_acc: float,
     if isinstance(old_acc, bool) or not isinstance(old_acc, (int, float)) or not math.isfinite(old_acc):
         return True, f"previous RM accuracy unusable ({old_acc!r}); new {new_acc:.4g}"
     drop = old_acc - new_acc
+    allowed = f"tolerance {tol:.4g}" + (f" + {zz:.4g} x SE {se:.4g}" if noise else "")
     # Epsilon: 0.70 - 0.69 is 0.0100000000000000009 in floats and must count as 0.01.
-    if drop > tol + 1e-12:
+    if drop > tol + noise + 1e-12:
         return False, (f"held-out accuracy {old_acc:.4g} -> {new_acc:.4g} "
-                       f"(drop {drop:.4g} > tolerance {tol:.4g}); keeping previous RM")
-    return True, f"held-out accuracy {old_acc:.4g} -> {new_acc:.4g} (within tolerance {tol:.4g})"
+                       f"(drop {drop:.4g} > {allowed}); keeping previous RM")
+    return True, f"held-out accuracy {old_acc:.4g} -> {new_acc:.4g} (within {allowed})"

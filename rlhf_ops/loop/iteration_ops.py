@@ -19,13 +19,13 @@ from ..control.detectors import build_detectors
 from ..control.detectors import Verdict
 from ..control.gate import Gate, GateDecision, apply_remedies
 from ..control.kl_controller import BetaSchedule, KLController, LRSchedule
-from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm
+from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se
 from ..generation import generate
 from ..labelers import make_labeler
 from ..labelers.reward_model import NonFiniteRewardError
 from ..testbed.builders import PAIR_COLUMNS
 from ..launcher import run_stage
-from ..scoring import load_scorer, pair_accuracy
+from ..scoring import load_scorer, pair_correct
 from .common import eval_seed, evaluate_into, stage_kwargs
 from .setup_ops import _scalars
 
@@ -114,19 +114,25 @@ def rm_update(ctx, cfg: dict) -> dict:
     d = Path(ctx.stage_dir)
     mix = write_table(pd.concat([train, replay]).reset_index(drop=True), d / "train_mix.parquet")
     val_path = write_table(val.reset_index(drop=True), d / "fresh_val.parquet")
-    model, tok = load_scorer(ctx.state["rm"], cfg["model"]["trust_remote_code"])
-    old_acc = pair_accuracy(model, tok, val["prompt"], val["chosen"], val["rejected"])
-    del model
+    trc = cfg["model"]["trust_remote_code"]
+
+    def judged(rm_path: str) -> np.ndarray:  # per held-out pair: does this RM rank it like the labeler?
+        model, tok = load_scorer(rm_path, trc)
+        return pair_correct(model, tok, val["prompt"], val["chosen"], val["rejected"])
+
+    old_ok = judged(ctx.state["rm"])
     out = d / "rm"
     meta = run_stage("reward", cfg=cfg["stage"]["reward"], inputs={"reward_model": ctx.state["rm"], "data": str(mix)},
                      output=out, extra={"heldout": str(val_path)}, **stage_kwargs(cfg))
-    new_acc = meta["metrics"]["heldout_accuracy"]
-    keep_new, why = accept_new_rm(old_acc, new_acc, lp["rm_accuracy_tolerance"])
+    new_ok = judged(str(out))
+    old_acc, new_acc = float(np.mean(old_ok)), float(np.mean(new_ok))
+    se = paired_accuracy_se(old_ok, new_ok)
+    keep_new, why = accept_new_rm(old_acc, new_acc, lp["rm_accuracy_tolerance"], se, lp["rm_accuracy_z"])
     policy.mark_updated(ctx.iteration, kl_now)
     return {"rm": str(out) if keep_new else ctx.state["rm"], "rm_policy_state": policy.state_dict(),
             "force_rm_refresh": False, "rm_update_reason": f"{reason}; {why}",
             "_metrics": {"rm_updated": 1.0, "rm_kept_new": float(keep_new), "rm_old_accuracy": old_acc,
-                         "rm_new_accuracy": new_acc, "rm_train_pairs": len(train), "rm_replay_pairs": n_replay},
+                         "rm_new_accuracy": new_acc, "rm_accuracy_se": se, "rm_train_pairs": len(train), "rm_replay_pairs": n_replay},
             "_artifacts": [("reward_model", str(out))]}
 
 

@@ -3,9 +3,10 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from rlhf_ops.control.rm_update_policy import RMUpdatePolicy, accept_new_rm
+from rlhf_ops.control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se
 
 
 def run_loop(policy, n, kls=None, forced=()):
@@ -126,3 +127,34 @@ def test_accept_new_rm():
     assert not accept_new_rm(0.70, math.nan)[0]
     with pytest.raises(ValueError, match="tolerance"):
         accept_new_rm(0.7, 0.7, tolerance=-0.1)
+
+
+def test_paired_accuracy_se_counts_only_disagreements():
+    old = [True] * 13 + [False] * 3
+    assert paired_accuracy_se(old, old) == 0.0  # two RMs that agree everywhere: no noise
+    new = list(old)
+    new[0] = False  # one pair flips: 1/16 lower accuracy, SE sqrt(1)/16
+    assert paired_accuracy_se(old, new) == pytest.approx(1 / 16)
+    new[13] = True  # and one flips the other way: same accuracy, SE sqrt(2)/16
+    assert paired_accuracy_se(old, new) == pytest.approx(math.sqrt(2) / 16)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_accuracy_se([True, False], [True])
+
+
+def test_noise_aware_acceptance_on_16_held_out_pairs():
+    """The sweep's flaw: on 16 pairs one noisy pair (0.8125 -> 0.75) rejected the refresh under a
+    plain 0.02 tolerance. With the paired SE it passes; three pairs the new RM alone gets wrong do not."""
+    old = np.array([True] * 13 + [False] * 3)
+    one = old.copy(); one[0] = False
+    four = old.copy(); four[:4] = False
+    assert not accept_new_rm(13 / 16, 12 / 16, 0.02)[0]  # z = 0: the plain tolerance test
+    ok, why = accept_new_rm(13 / 16, 12 / 16, 0.02, paired_accuracy_se(old, one), 1.645)
+    assert ok and "1.645 x SE 0.0625" in why
+    # 4 of 16 lost, none gained: drop 0.25 > 0.02 + 1.645 * sqrt(4) / 16 = 0.226
+    ok, why = accept_new_rm(13 / 16, 9 / 16, 0.02, paired_accuracy_se(old, four), 1.645)
+    assert not ok and "keeping previous RM" in why
+    # the same drop of 0.25 as 6 lost and 2 gained is noisier (SE sqrt(8)/16): kept
+    mixed = old.copy(); mixed[:6] = False; mixed[13:15] = True
+    assert accept_new_rm(13 / 16, 9 / 16, 0.02, paired_accuracy_se(old, mixed), 1.645)[0]
+    with pytest.raises(ValueError, match="z must be"):
+        accept_new_rm(0.7, 0.7, 0.02, 0.1, -1.0)
