@@ -114,3 +114,14 @@ def test_failed_training_leaves_previous_output_intact(tiny_assets, tmp_path, mo
         sft(tiny_assets, tiny_assets["sft"], out, overwrite=True)
     assert (out / "model.safetensors").read_bytes() == weights
     assert not (tmp_path / "sft.tmp").exists()
+
+
+def test_loop_refuses_prompts_too_long_for_the_context_before_any_training(tmp_path):
+    """In the loop the check runs in `prepare`, before SFT, not in the first policy update."""
+    from conftest import TINY, run_cli
+
+    run_dir = tmp_path / "run"
+    p = run_cli("+experiment=quickstart", *TINY, "model.max_position_embeddings=24", f"run_dir={run_dir}")
+    assert p.returncode == 1
+    assert "prompts_train.parquet: row 0: prompt is" in p.stderr and "longer than the 8 allowed" in p.stderr
+    assert not (run_dir / "setup" / "sft").exists(), "nothing was trained"

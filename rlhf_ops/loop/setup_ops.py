@@ -51,6 +51,13 @@ def prepare(ctx, cfg: dict) -> dict:
         if m["reward_init"] == "scratch":
             save_model(build_tiny_reward(mcfg, tok, seed + 1), tok, d / "init_rm")
             updates["init_rm"] = str(d / "init_rm")
+    # Every prompt must leave room for a response in the policy's context: fail here, naming the file
+    # and row, not in the first policy update after an iteration of generation and labelling.
+    from ..stages.ppo import _max_prompt_tokens, read_prompts
+
+    limit = _max_prompt_tokens(updates["init_policy"], cfg["stage"]["ppo"])
+    for split in splits:
+        read_prompts(data[f"prompts_{split}"], tok, limit)
     updates["_metrics"] = {"n_sft_demos": len(demos), "sft_demo_gold": float(demos["gold"].mean())}
     updates["_artifacts"] = [("dataset", p) for p in data.values()]
     return updates
