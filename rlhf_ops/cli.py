@@ -95,14 +95,28 @@ def one_line(exc: BaseException) -> str:
             return f"bad value for '{e.full_key}': {msg}"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     first = lines[0] if lines else type(exc).__name__
-    opts = [line for line in lines if line.startswith("Available options") or line.startswith("\t")]
     if "Could not find" in first or "Could not load" in first:
-        options = [line.strip() for line in str(exc).splitlines()[1:] if line.startswith("\t")]
+        # Hydra lists the group's options as tab-indented lines under "Available options in ...",
+        # then its config search path the same way: keep the options only.
+        options = _tabbed_block(str(exc), "Available options")
         if options:
             first += " (available: " + ", ".join(options) + ")"
-    elif opts:
-        first += " " + " ".join(opts)
+    elif any(line.startswith("Available options") for line in lines):
+        first += " Available options: " + ", ".join(_tabbed_block(str(exc), "Available options"))
     return first
+
+
+def _tabbed_block(text: str, header: str) -> list[str]:
+    """The tab-indented lines that follow the line starting with `header`."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.startswith(header):
+            inside = True
+        elif inside and line.startswith("\t"):
+            out.append(line.strip())
+        elif inside:
+            break
+    return out
 
 
 def compose(overrides: list[str], config_name: str = "config") -> DictConfig:

@@ -25,6 +25,13 @@ def test_bad_override_is_one_line_naming_it(override, expected):
 def test_unknown_experiment_lists_the_options():
     err = precheck(["+experiment=quikstart"])
     assert "experiment/quikstart" in err and "quickstart" in err and "\n" not in err
+    # the options and nothing else: Hydra's config search path used to leak into the list
+    listed = err.split("(available: ", 1)[1].rstrip(")").split(", ")
+    assert "tiny_online_ppo" in listed and all("=" not in o for o in listed), err
+
+def test_unknown_group_option_lists_that_groups_options():
+    err = precheck(["+experiment=quickstart", "launcher=zero9"])
+    assert err.endswith("Could not find 'launcher/zero9' (available: local, multi_process, zero2, zero3)"), err
 
 def test_sweep_values_are_checked_each():
     assert precheck(["-m", "+experiment=quickstart", "loop.kl.beta=0.01,0.1"]) is None
