@@ -229,7 +229,8 @@ def _label(job: dict) -> str:
     beta, every = knob(job, "loop.kl.beta"), knob(job, "loop.rm_update_every")
     if beta is None and every is None:
         return job["dir"].name
-    return f"{job['dir'].name}: β={_fmt(beta)}, RM every {'-' if every is None else every}"
+    rm = "no scheduled RM refresh" if every is None else f"RM every {every}"  # null: only on a detector's demand
+    return f"{job['dir'].name}: β={_fmt(beta)}, {rm}"
 
 
 def _num(v) -> float:

@@ -34,7 +34,9 @@ reproducible across processes (see tests/test_loop.py).
 
 Prints a markdown table (kind, tried, resumed correctly, final summary equal), a table of where
 the random kills landed, and writes every outcome to <out>/campaign.json. Exit status 1 if any
-kill point failed. `--kinds` picks a subset; `--write-stride K` tries every K-th write only.
+kill point failed. `--kinds` picks a subset; `--write-stride K` tries every K-th write only, starting
+from the first (or the `--write-offset`-th, counted from 0: two runs with stride 2 and offsets 0 and 1
+cover every write between them).
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ def boundary_points(ref: Reference) -> list[str]:
     return [f"{i}:{n}:{where}" for i, n in ref.nodes for where in ("before", "after")]
 
 
-def write_points(ref: Reference, stride: int = 1, modes: tuple[str, ...] = ("", ":mid")) -> list[str]:
-    return [f"write:{n}{mode}" for n, _ in ref.writes[::stride] for mode in modes]
+def write_points(ref: Reference, stride: int = 1, modes: tuple[str, ...] = ("", ":mid"), offset: int = 0) -> list[str]:
+    return [f"write:{n}{mode}" for n, _ in ref.writes[offset::stride] for mode in modes]
 
 
 # -- checks ----------------------------------------------------------------------------------------------
@@ -407,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of boundary,write,random,enospc (enospc: a full disk at each "
                          "atomic write; the run must exit 1 naming the error and the resume must finish)")
     ap.add_argument("--write-stride", type=int, default=1, help="try every K-th atomic write only (default: all)")
+    ap.add_argument("--write-offset", type=int, default=0,
+                    help="with --write-stride: start from this write (0-based), e.g. 1 for the ones stride 2 skipped")
     args = ap.parse_args(argv)
     kinds = set(args.kinds.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -417,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     if "boundary" in kinds:
         plan += [("boundary", p) for p in boundary_points(ref)]
     if "write" in kinds:
-        plan += [("write", p) for p in write_points(ref, args.write_stride)]
+        plan += [("write", p) for p in write_points(ref, args.write_stride, offset=args.write_offset)]
     if "enospc" in kinds:
-        plan += [("enospc", p) for p in write_points(ref, args.write_stride, (":enospc",))]
+        plan += [("enospc", p) for p in write_points(ref, args.write_stride, (":enospc",), args.write_offset)]
     outcomes: list[Outcome] = []
 
     def record(o: Outcome, k: int, total: int | str) -> None:
