@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from omegaconf import MISSING
+
 from hydra.core.config_store import ConfigStore
 
 MISSING_PATH = ""  # an unset path: stages fill it from the loop state or fail naming the key
@@ -36,11 +38,16 @@ class ModelConfig:
     reward_num_layers: int = 0
     # Remote code is never run unless a user asks for it.
     trust_remote_code: bool = False
-    torch_dtype: str = "float32"
+    # Render text prompts with the tokenizer's chat template when it has one (conversational
+    # prompts always are).
+    apply_chat_template: bool = True
 
 
 @dataclass
-class TaskConfig:
+class ReviewsTaskConfig:
+    """task=reviews: the built-in testbed (rlhf_ops.tasks.reviews), with an exact gold reward."""
+
+    _target_: str = "rlhf_ops.tasks.reviews.ReviewsTask"
     name: str = "reviews"
     seed: int = 0
     n_train_prompts: int = 600
@@ -58,14 +65,35 @@ class TaskConfig:
 
 
 @dataclass
+class FilesTaskConfig:
+    """task=files: the user's own data (rlhf_ops.tasks.files); no gold reward, no annotators."""
+
+    _target_: str = "rlhf_ops.tasks.files.FilesTask"
+    name: str = "files"
+    # Prompts the loop samples from (required): .jsonl / .parquet / datasets folder, a 'prompt' column.
+    prompts: str = ""
+    # SFT demonstrations (prompt/completion or messages); null = the model is already fine-tuned.
+    sft: Optional[str] = None
+    # Seed preference pairs (prompt/chosen/rejected) for the RM warm-up; null = no warm-up.
+    pairs: Optional[str] = None
+    # Frozen evaluation prompts; null = a seeded share (eval_fraction, at most max_eval_prompts) of `prompts`.
+    eval_prompts: Optional[str] = None
+    eval_fraction: float = 0.1
+    max_eval_prompts: int = 64
+    # Share of the seed pairs held out to measure the reward model's accuracy.
+    heldout_pair_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
 class SFTStageConfig:
     learning_rate: float = 3e-3
     num_train_epochs: float = 3.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 16
+    per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     max_length: int = 96
-    warmup_steps: int = 0
+    warmup_steps: int = 10
     weight_decay: float = 0.0
     logging_steps: int = 10
 
@@ -73,9 +101,9 @@ class SFTStageConfig:
 @dataclass
 class RewardStageConfig:
     learning_rate: float = 5e-4
-    num_train_epochs: float = 1.0
+    num_train_epochs: float = 2.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 16
+    per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     max_length: int = 96
     # K members with different seeds and bootstrap resamples of the pairs (Coste et al. 2023).
@@ -92,9 +120,9 @@ class RewardStageConfig:
 class PPOStageConfig:
     learning_rate: float = 3e-5
     # KL coefficient; the loop's controller overrides it per iteration (loop.kl.beta).
-    kl_coef: float = 0.05
+    kl_coef: float = "${loop.kl.beta}"  # type: ignore[assignment]  (one knob: loop.kl.beta)
     total_episodes: int = 256
-    per_device_train_batch_size: int = 16
+    per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     num_mini_batches: int = 1
     num_ppo_epochs: int = 4
@@ -163,6 +191,7 @@ class KLConfig:
     beta: float = 0.05
     target: float = 2.0
     horizon: int = 1000
+    # Bounds of the adaptive controller's beta (the fixed controller keeps beta as given, below max_beta).
     min_beta: float = 1e-4
     max_beta: float = 10.0
     # When the raise_beta remedy fires, beta becomes at least this (x2 of zero is still zero).
@@ -245,7 +274,8 @@ class LoopConfig:
     min_win_rate: Optional[float] = 0.4
     beta_remedy_factor: float = 2.0
     lr_remedy_factor: float = 0.5
-    max_rollbacks: int = 5
+    # Stop the run (status "stopped") once this many iterations have been rolled back (null = never).
+    max_rollbacks: Optional[int] = 5
     # Retention: keep checkpoints of the last K iterations (null = keep everything), plus every
     # checkpoint the state points to, plus accepted policies if keep_accepted.
     keep_last: Optional[int] = 2
@@ -275,8 +305,12 @@ class RunConfig:
     allow_config_change: bool = False
     # Print a progress bar for long steps.
     progress: bool = True
+    # Show everything the libraries print (TRL, transformers, datasets, wandb) on the console; by
+    # default it goes to a log file per step (RUN_DIR/logs/) and the console has one line per step.
+    verbose: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    # A task's own schema (ReviewsTaskConfig, FilesTaskConfig: conf/task/*.yaml picks one).
+    task: Any = MISSING
     stage: StagesConfig = field(default_factory=StagesConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -285,7 +319,10 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="schema", node=RunConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=RunConfig)
+    cs.store(group="task", name="reviews_schema", node=ReviewsTaskConfig)
+    cs.store(group="task", name="files_schema", node=FilesTaskConfig)
 
 
 register_configs()

@@ -1,16 +1,18 @@
 """Evaluation of a policy on the frozen gold-eval prompts, every iteration.
 
 One record per evaluation, the detectors' input:
-  gold         mean gold reward (the testbed's exact "human evaluation")
-  proxy        mean reward of the current reward model (ensemble mean)
+  gold         mean gold reward, where the task has one (the testbed's exact "human evaluation");
+               None for a task without gold (a user's own data)
+  proxy        mean reward of the current reward model (ensemble mean); None before the first RM
   kl           sampled KL(policy || reference), tempered as in PPO, summed over response tokens
   entropy      mean per-token entropy of the policy on its own samples
   length       mean completion length in words; tokens in `length_tokens`
   repetition   mean fraction of repeated bigrams
   disagreement mean std of the ensemble members' scores (0 for a single RM)
-  rm_accuracy  accuracy of the reward model on the iteration's fresh pairs, against gold
+  rm_accuracy  accuracy of the reward model on the iteration's fresh pairs, against gold (gold only)
+  rm_label_accuracy  the same against the labeler's choices
   win_rate     head-to-head vs the last accepted policy on the same prompts, judged by gold
-               (ties count half)
+               (ties count half; gold only)
   eos_rate     share of completions that ended with EOS
 """
 
@@ -25,9 +27,13 @@ import pandas as pd
 from .generation import generate, sequence_stats
 from .models import load_policy, load_tokenizer
 from .scoring import load_reward_model, member_scores
-from .testbed.gold import count_words, gold_reward
 
 _WORD = re.compile(r"[a-z']+")
+_LETTERS = re.compile(r"[^\W\d_]+")  # runs of letters, any script (on ASCII text: [a-z]+)
+
+
+def count_words(text: str) -> int:
+    return len(_LETTERS.findall(text.lower()))
 
 
 def repeated_bigram_rate(text: str) -> float:
@@ -43,12 +49,13 @@ def win_rate(new_gold: list[float], old_gold: list[float]) -> float:
     return float(np.mean(wins)) if wins else float("nan")
 
 
-def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str, prompts: list[str], *, samples_per_prompt: int,
+def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str | None, prompts: list[str], *, samples_per_prompt: int,
                     max_new_tokens: int, temperature: float, seed: int, baseline_samples: pd.DataFrame | None = None,
                     fresh_pairs: pd.DataFrame | None = None, progress: bool = False,
-                    trust_remote_code: bool = False) -> tuple[dict, pd.DataFrame]:
+                    trust_remote_code: bool = False, gold=None) -> tuple[dict, pd.DataFrame]:
     """(metrics record, samples table). The sampling seed is fixed per call so that two policies
-    are compared on the same prompts with the same random stream."""
+    are compared on the same prompts with the same random stream. `gold(prompt, completion)` is the
+    task's gold reward, or None; `rm_dir` None means no reward model yet (no proxy)."""
     tok = load_tokenizer(policy_dir, trust_remote_code)
     policy = load_policy(policy_dir, trust_remote_code)
     s = generate(policy_dir, prompts, samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -56,10 +63,13 @@ def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str, prompts: list[st
     ref = load_policy(ref_dir, trust_remote_code)
     stats = sequence_stats(policy, ref, tok, s.prompts, s.response_ids, temperature=temperature)
     del ref
-    rm = load_reward_model(rm_dir, trust_remote_code=trust_remote_code)
-    rm_tok = load_tokenizer(rm_dir, trust_remote_code)
-    scores = member_scores(rm, rm_tok, s.prompts, s.completions)
-    golds = [gold_reward(p, c) for p, c in zip(s.prompts, s.completions)]
+    if rm_dir:
+        rm = load_reward_model(rm_dir, trust_remote_code=trust_remote_code)
+        rm_tok = load_tokenizer(rm_dir, trust_remote_code)
+        scores = member_scores(rm, rm_tok, s.prompts, s.completions)
+    else:
+        scores = np.full((len(s.completions), 1), np.nan)
+    golds = [gold(p, c) for p, c in zip(s.prompts, s.completions)] if gold else [np.nan] * len(s.completions)
     samples = pd.DataFrame({
         "prompt": s.prompts, "prompt_index": s.prompt_index, "completion": s.completions, "gold": golds,
         "proxy": scores.mean(-1), "kl": stats["kl"], "entropy": stats["entropy"], "n_tokens": s.n_tokens,
@@ -67,8 +77,8 @@ def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str, prompts: list[st
         "repetition": [repeated_bigram_rate(c) for c in s.completions],
     })
     record = {
-        "gold": float(np.mean(golds)),
-        "proxy": float(scores.mean()),
+        "gold": float(np.mean(golds)) if gold else None,
+        "proxy": float(scores.mean()) if rm_dir else None,
         "kl": float(np.mean(stats["kl"])),
         "entropy": float(np.mean(stats["entropy"])),
         "length": float(samples["words"].mean()),
@@ -79,16 +89,18 @@ def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str, prompts: list[st
         "n_samples": len(samples),
         "empty_rate": float(np.mean([not c.strip() for c in s.completions])),
     }
-    if baseline_samples is not None and len(baseline_samples) == len(samples):
+    if gold and baseline_samples is not None and len(baseline_samples) == len(samples):
         record["win_rate"] = win_rate(golds, baseline_samples["gold"].tolist())
-    if fresh_pairs is not None and len(fresh_pairs):
+    if rm_dir and fresh_pairs is not None and len(fresh_pairs):
         c = member_scores(rm, rm_tok, list(fresh_pairs["prompt"]), list(fresh_pairs["chosen"])).mean(-1)
         r = member_scores(rm, rm_tok, list(fresh_pairs["prompt"]), list(fresh_pairs["rejected"])).mean(-1)
-        gold_says = np.sign(fresh_pairs["gold_chosen"].to_numpy() - fresh_pairs["gold_rejected"].to_numpy())
-        keep = gold_says != 0
-        if keep.any():
+        record["rm_label_accuracy"] = float(np.mean(c > r))
+        gold_says = np.sign(fresh_pairs["gold_chosen"].to_numpy(dtype=float)
+                            - fresh_pairs["gold_rejected"].to_numpy(dtype=float))
+        keep = np.isfinite(gold_says) & (gold_says != 0)
+        if gold and keep.any():
             record["rm_accuracy"] = float(np.mean(np.sign(c - r)[keep] == gold_says[keep]))
     for k, v in record.items():
-        if isinstance(v, float) and not math.isfinite(v) and k not in ("win_rate", "rm_accuracy"):
+        if isinstance(v, float) and not math.isfinite(v) and k not in ("win_rate", "rm_accuracy", "rm_label_accuracy"):
             record.setdefault("nonfinite", []).append(k)
     return record, samples

@@ -148,3 +148,46 @@ def check_same_vocab(policy_dir: str | Path, reward_dir: str | Path, trust_remot
                 f"reward model {member} uses a different vocabulary than the policy {policy_dir} "
                 f"({len(rt)} vs {len(pt)} tokens); PPO needs the reward model to share the policy's tokenizer"
             )
+
+
+# Special tokens that commonly exist unused and can pad, in order of preference.
+_PAD_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>", "<|endoftext|>", "<unk>")
+
+
+def needs_distinct_pad(tokenizer) -> bool:
+    return tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id
+
+
+def ensure_distinct_pad(tokenizer) -> tuple[str, bool]:
+    """Give a tokenizer whose pad token is missing or equal to EOS a distinct one, in place.
+
+    PPO truncates a response at its first EOS and pads after it, and the SFT/DPO collators mask pad
+    positions, so pad == EOS would hide the EOS the model must learn to emit. An existing special
+    token that is neither EOS nor BOS is used where there is one (SmolLM2 has `<|endoftext|>`);
+    else `<pad>` is added. Returns (the pad token, whether the vocabulary grew)."""
+    vocab = tokenizer.get_vocab()
+    taken = {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    for tok in (*_PAD_CANDIDATES, tokenizer.unk_token):
+        if tok and tok in vocab and vocab[tok] not in taken:
+            tokenizer.pad_token = tok
+            return tok, False
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return "<pad>", True
+
+
+def copy_with_distinct_pad(src: str | Path, dst: str | Path, trust_remote_code: bool = False) -> str:
+    """Write `dst`, a copy of the checkpoint `src` whose tokenizer has a distinct pad token (the
+    embeddings resized when a token had to be added); returns a sentence for the log."""
+    tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code)
+    old = tokenizer.pad_token
+    pad, grew = ensure_distinct_pad(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(str(src), trust_remote_code=trust_remote_code, use_safetensors=True)
+    if grew:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    save_model(model, tokenizer, dst)
+    was = "no pad token" if old is None else f"pad token {old!r} equal to EOS"
+    how = f"added {pad!r} and resized the embeddings to {len(tokenizer)}" if grew else f"using its unused {pad!r}"
+    return f"tokenizer of {src} had {was}: {how}; the fixed copy is {dst}"

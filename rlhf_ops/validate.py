@@ -17,8 +17,6 @@ CHOICES = {
     "loop.lr_schedule": ("constant", "linear", "cosine"),
     "loop.dpo_data": ("fresh", "offline"),
     "loop.human_labels_on_error": ("error", "skip"),
-    "loop.annotator": ("careful", "typical", "noisy", "length_biased"),
-    "task.annotator": ("careful", "typical", "noisy", "length_biased"),
     "model.reward_init": ("policy", "scratch"),
     "launcher.mixed_precision": ("no", "bf16", "fp16"),
     "tracking.wandb_mode": ("offline", "online", "disabled"),
@@ -69,12 +67,52 @@ def validate_config(cfg) -> None:
     _validate_loop(cfg)
 
 
+def _validate_task(cfg) -> None:
+    """The task is built (cheap: no data read) and checked, and the loop's labeler must fit it."""
+    from .tasks import make_task
+
+    set_io = [f"io.{k}" for k, v in cfg.io.items() if v]
+    if set_io:
+        raise ValueError(f"{', '.join(set_io)}: io.* paths are for one stage (job=sft|reward|ppo|dpo) and a loop "
+                         "ignores them; give a loop your data with task=files task.prompts=FILE [task.sft=FILE] "
+                         "[task.pairs=FILE] and your model with model=local model.path=DIR")
+    try:
+        task = make_task(cfg.task)
+    except Exception as e:  # noqa: BLE001 - instantiate wraps the task's own error
+        raise ValueError(f"task: cannot build task '{cfg.task.get('_target_')}': {e.__cause__ or e}") from e
+    task.check()
+    lp = cfg.loop
+    uses_labeler = any((n.get("op") or n["name"]) == "label" for n in lp.nodes)
+    if uses_labeler and lp.labeler == "annotator" and lp.annotator not in task.annotators():
+        offered = list(task.annotators())
+        raise ValueError(f"loop.labeler=annotator: task '{task.name}' has no simulated annotator '{lp.annotator}' "
+                         f"(it offers {offered or 'none'}); use loop.labeler=reward_model or loop.labeler=human")
+    if cfg.task.get("pairs", "given") is None:  # no seed pairs: no RM warm-up
+        if uses_labeler and lp.labeler == "reward_model":
+            raise ValueError("loop.labeler=reward_model needs a reward model before the first labels, and without "
+                             "task.pairs there is no warm-up to train one; give task.pairs=FILE or use "
+                             "loop.labeler=human")
+        if not uses_labeler and lp.policy_update == "ppo":
+            raise ValueError("this loop trains PPO against a reward model, but without task.pairs and without a "
+                             "label step nothing trains one; give task.pairs=FILE")
+
+
 def _validate_loop(cfg) -> None:
     from .control.detectors import build_detectors
     from .control.rm_update_policy import RMUpdatePolicy
     from .loop.runner import build_graph
 
+    _validate_task(cfg)
     lp = cfg.loop
+    ppo = cfg.stage.ppo
+    batch = ppo.per_device_train_batch_size * ppo.gradient_accumulation_steps * max(1, cfg.launcher.num_processes)
+    if lp.policy_update == "ppo" and 0 < lp.prompts_per_iteration < batch:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "loop.prompts_per_iteration=%d is fewer than one PPO batch (%d = stage.ppo.per_device_train_batch_size x "
+            "gradient_accumulation_steps x launcher.num_processes): each PPO update cycles the prompts to fill it",
+            lp.prompts_per_iteration, batch)
     if lp.iterations < 0:
         raise ValueError(f"loop.iterations={lp.iterations} must be >= 0")
     if lp.nodes and lp.iterations == 0:

@@ -54,10 +54,10 @@ def assets(d: Path) -> dict:
 
     from rlhf_ops.artifacts import write_table
     from rlhf_ops.config import ModelConfig
-    from rlhf_ops.labelers.annotator import panel_member
+    from rlhf_ops.tasks.reviews import panel_member
     from rlhf_ops.models import build_tiny_policy, save_model, train_tokenizer
-    from rlhf_ops.testbed.builders import build_grammar_pairs, build_prompt_pool, build_sft_demos
-    from rlhf_ops.testbed.task import prompt_splits, tokenizer_corpus
+    from rlhf_ops.tasks.reviews.builders import build_grammar_pairs, build_prompt_pool, build_sft_demos
+    from rlhf_ops.tasks.reviews.task import prompt_splits, tokenizer_corpus
 
     splits = prompt_splits(0, 32, 8, 8)
     tok = train_tokenizer(tokenizer_corpus(0, 600), 400)

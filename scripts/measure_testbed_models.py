@@ -43,10 +43,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rlhf_ops.artifacts import META_FILE, read_meta, write_table  # noqa: E402
-from rlhf_ops.labelers.annotator import panel_member  # noqa: E402
-from rlhf_ops.testbed.builders import build_grammar_pairs  # noqa: E402
-from rlhf_ops.testbed.gold import count_words, gold_reward  # noqa: E402
-from rlhf_ops.testbed.task import ReviewGrammar, degenerate_texts  # noqa: E402
+from rlhf_ops.tasks.reviews import panel_member  # noqa: E402
+from rlhf_ops.tasks.reviews.builders import build_grammar_pairs  # noqa: E402
+from rlhf_ops.tasks.reviews.gold import count_words, gold_reward  # noqa: E402
+from rlhf_ops.tasks.reviews.task import ReviewGrammar, degenerate_texts, prompt_splits  # noqa: E402
 
 DEGENERATE_ORDER = ["good", "neutral", "no_ending", "repetitive_positive", "off_topic", "overlong",
                     "spam"]
@@ -199,7 +199,12 @@ def main() -> None:
     prep = run_dir / "setup" / "prepare"
     sft_policy = str(run_dir / "setup" / "sft" / "policy")
     init_policy = str(prep / "init_policy")
-    train_rows, eval_rows = rows_of(prep / "prompts_train.parquet"), rows_of(prep / "prompts_eval.parquet")
+    train_rows = rows_of(prep / "prompts_train.parquet")
+    # The eval split (held-out RM accuracy) is the testbed's own, rebuilt from the run's task config.
+    from omegaconf import OmegaConf
+
+    t = OmegaConf.load(run_dir / "config.yaml").task
+    eval_rows = prompt_splits(t.seed, t.n_train_prompts, t.n_eval_prompts, t.n_gold_eval_prompts)["eval"]
     gold_rows = rows_of(prep / "prompts_gold_eval.parquet")
     gold_prompts = [r["prompt"] for r in gold_rows]
     k = args.samples_per_prompt

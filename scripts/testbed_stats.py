@@ -15,11 +15,11 @@ import random
 
 import pandas as pd
 
-from rlhf_ops.testbed.annotators import (
+from rlhf_ops.tasks.reviews.annotators import (
     agreement_with_gold, default_panel, inter_annotator_agreement,
 )
-from rlhf_ops.testbed.gold import gold_reward, gold_terms
-from rlhf_ops.testbed.task import ReviewGrammar, degenerate_texts, make_prompt, prompt_splits
+from rlhf_ops.tasks.reviews.gold import gold_reward, gold_terms
+from rlhf_ops.tasks.reviews.task import ReviewGrammar, degenerate_texts, make_prompt, prompt_splits
 
 PENALTIES = ["repetition_penalty", "off_topic_penalty", "length_penalty", "ending_penalty"]
 DEGENERATE_PAIRS = [("the hotel", "service"), ("the pizza place", "food"),

@@ -17,15 +17,18 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 REPO = Path(__file__).resolve().parent.parent
 
 # Overrides that shrink every experiment to seconds on a CPU (a few steps per stage).
-TINY = [
+TINY_TASK = [
     "task.n_train_prompts=48", "task.n_eval_prompts=16", "task.n_gold_eval_prompts=8",
     "task.sft_demos_per_prompt=2", "task.n_offline_pairs=64", "task.tokenizer_corpus_size=600",
+]
+TINY_RUN = [
     "model.hidden_size=32", "model.intermediate_size=64", "model.vocab_size=400",
     "stage.sft.max_steps=6", "stage.reward.max_steps=4", "stage.dpo.max_steps=3",
     "stage.ppo.total_episodes=16", "stage.ppo.per_device_train_batch_size=8", "stage.ppo.num_ppo_epochs=1",
     "stage.ppo.response_length=16", "loop.prompts_per_iteration=8", "loop.eval_samples_per_prompt=1",
     "progress=false", "tracking=disabled",
 ]
+TINY = TINY_TASK + TINY_RUN  # the review testbed, shrunk
 
 
 def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -40,10 +43,10 @@ def tiny_assets(tmp_path_factory):
 
     from rlhf_ops.artifacts import write_table
     from rlhf_ops.config import ModelConfig
-    from rlhf_ops.labelers.annotator import panel_member
+    from rlhf_ops.tasks.reviews import panel_member
     from rlhf_ops.models import build_tiny_policy, save_model, train_tokenizer
-    from rlhf_ops.testbed.builders import build_grammar_pairs, build_prompt_pool, build_sft_demos
-    from rlhf_ops.testbed.task import prompt_splits, tokenizer_corpus
+    from rlhf_ops.tasks.reviews.builders import build_grammar_pairs, build_prompt_pool, build_sft_demos
+    from rlhf_ops.tasks.reviews.task import prompt_splits, tokenizer_corpus
 
     d = tmp_path_factory.mktemp("assets")
     splits = prompt_splits(0, 32, 8, 8)

@@ -155,3 +155,19 @@ def test_stages_once_chain(tmp_path):
         assert st["wall_s"] > 0 and Path(st["output"]).is_dir(), name
         assert st["final_loss"] is not None, name
     assert "summary" in p.stdout and str(run_dir / "summary.json") in p.stdout
+
+
+def test_max_rollbacks_stops_the_run_for_a_person(tmp_path):
+    """Every update is over a 1e-9 KL budget: after loop.max_rollbacks rollbacks the run stops
+    instead of burning the remaining iterations, and a re-run stops again (it does not go on)."""
+    run_dir = tmp_path / "mr"
+    args = [*LOOP, f"run_dir={run_dir}", "loop.iterations=3", "loop.max_rollbacks=2",
+            "loop.detectors=[{name: kl_budget, max_kl: 1.0e-9}]", "loop.min_win_rate=0.0"]
+    p = run_cli(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["status"] == "stopped" and "loop.max_rollbacks=2" in s["stopped_reason"]
+    assert [it["status"] for it in s["iterations"]] == ["rolled_back", "rolled_back"]
+    assert "max_rollbacks" in p.stdout
+    p = run_cli(*args)
+    assert p.returncode == 0 and summary(run_dir)["status"] == "stopped"

@@ -33,7 +33,7 @@ def test_reward_model_labeler_refuses_nan_scores(nan_rm):
 
 
 def _cfg():
-    return {"seed": 0, "model": {"trust_remote_code": False},
+    return {"seed": 0, "model": {"trust_remote_code": False}, "task": {"_target_": "rlhf_ops.tasks.files.FilesTask"},
             "stage": {"ppo": {"total_episodes": 16}},
             "loop": {"labeler": "reward_model", "annotator": "careful", "human_labels_on_error": "error",
                      "detectors": [], "min_win_rate": 0.4, "gate_vote": "any", "beta_remedy_factor": 2.0,

@@ -1,10 +1,11 @@
 """Labelers turn sampled completions into preference pairs, each row keeping its provenance.
 
 One interface, `label(prompt_rows, candidates, *, iteration, checkpoint, work_dir) -> DataFrame`
-with the columns of `rlhf_ops.testbed.builders.PAIR_COLUMNS` (pair_id, prompt, prompt_id, chosen,
-rejected, gold_chosen, gold_rejected, labeler, iteration, policy_checkpoint, source):
+with the columns of `rlhf_ops.pairs.PAIR_COLUMNS` (pair_id, prompt, prompt_id, chosen, rejected,
+gold_chosen, gold_rejected, labeler, iteration, policy_checkpoint, source); the loop fills the gold
+columns from the task's gold reward where it has one:
 
-- `annotator`: a simulated annotator from the testbed panel (gold reward + noise + biases);
+- `annotator`: a simulated annotator the task provides (the testbed's panel: gold reward + noise + biases);
 - `reward_model`: best vs worst of n by a reward model or ensemble (RLHFlow-style);
 - `human`: a file queue: pairs are exported as JSONL and the loop pauses until labels come back.
 """
@@ -12,12 +13,13 @@ rejected, gold_chosen, gold_rejected, labeler, iteration, policy_checkpoint, sou
 from __future__ import annotations
 
 
-def make_labeler(kind: str, *, annotator: str = "careful", seed: int = 0, reward_model: str = "",
+def make_labeler(kind: str, *, task=None, annotator: str = "careful", seed: int = 0, reward_model: str = "",
                  trust_remote_code: bool = False):
     if kind == "annotator":
-        from .annotator import AnnotatorLabeler
-
-        return AnnotatorLabeler(annotator, seed)
+        if task is None or annotator not in task.annotators():
+            offered = list(task.annotators()) if task is not None else []
+            raise ValueError(f"loop.labeler=annotator: the task has no annotator '{annotator}' (it offers {offered})")
+        return task.annotator(annotator, seed)
     if kind == "reward_model":
         from .reward_model import RewardModelLabeler
 

@@ -23,8 +23,7 @@ import pandas as pd
 
 from ..artifacts import InputError
 from ..graph import StopLoop
-from ..testbed.builders import PAIR_COLUMNS, _pair_id
-from ..testbed.gold import gold_reward
+from ..pairs import PAIR_COLUMNS, make_pair_id
 
 log = logging.getLogger(__name__)
 EXPORT, LABELS = "to_label.jsonl", "labels.jsonl"
@@ -99,7 +98,7 @@ class HumanQueueLabeler:
                 if len(distinct) < 2:
                     continue
                 a, b = distinct[0], distinct[1]
-                rows.append({"pair_id": _pair_id("human", iteration, checkpoint, row["prompt_id"], k, a, b),
+                rows.append({"pair_id": make_pair_id("human", iteration, checkpoint, row["prompt_id"], k, a, b),
                              "prompt": row["prompt"], "prompt_id": row["prompt_id"], "a": a, "b": b})
             tmp = export.with_name(EXPORT + ".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -127,8 +126,7 @@ class HumanQueueLabeler:
             chosen, rejected = (p["a"], p["b"]) if choice == "a" else (p["b"], p["a"])
             records.append({"pair_id": pid, "prompt": p["prompt"], "prompt_id": p["prompt_id"],
                             "chosen": chosen, "rejected": rejected,
-                            "gold_chosen": gold_reward(p["prompt"], chosen),
-                            "gold_rejected": gold_reward(p["prompt"], rejected),
+                            "gold_chosen": float("nan"), "gold_rejected": float("nan"),
                             "labeler": "human", "iteration": iteration, "policy_checkpoint": checkpoint,
                             "source": "policy"})
         return pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)

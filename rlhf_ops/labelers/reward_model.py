@@ -11,8 +11,7 @@ import math
 import pandas as pd
 
 from ..scoring import load_scorer, member_scores
-from ..testbed.builders import PAIR_COLUMNS, _pair_id
-from ..testbed.gold import gold_reward
+from ..pairs import PAIR_COLUMNS, make_pair_id
 
 
 class NonFiniteRewardError(FloatingPointError):
@@ -47,9 +46,9 @@ class RewardModelLabeler:
             if best == worst:
                 continue
             records.append({
-                "pair_id": _pair_id("rm", iteration, checkpoint, row["prompt_id"], j, best, worst),
+                "pair_id": make_pair_id("rm", iteration, checkpoint, row["prompt_id"], j, best, worst),
                 "prompt": row["prompt"], "prompt_id": row["prompt_id"], "chosen": best, "rejected": worst,
-                "gold_chosen": gold_reward(row["prompt"], best), "gold_rejected": gold_reward(row["prompt"], worst),
+                "gold_chosen": float("nan"), "gold_rejected": float("nan"),
                 "labeler": f"rm:{self.path}", "iteration": iteration, "policy_checkpoint": checkpoint, "source": "policy",
             })
         return pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)

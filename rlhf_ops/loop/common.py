@@ -10,6 +10,7 @@ import pandas as pd
 from ..artifacts import write_json_atomic, write_table
 from ..evaluation import evaluate_policy
 from ..scoring import load_scorer, member_scores
+from ..tasks import gold_by_prompt, make_task
 
 
 def stage_kwargs(cfg: dict) -> dict:
@@ -42,19 +43,28 @@ def eval_temperature(cfg: dict) -> float:
     return cfg["stage"]["ppo"]["temperature"] if t is None else t
 
 
-def evaluate_into(ctx, cfg: dict, policy: str, rm: str, *, seed: int, baseline_samples: str | None = None,
+def task_gold(ctx, cfg: dict):
+    """The task's gold reward as a function of the rendered prompts of this run (None: no gold)."""
+    data = ctx.state["data"]
+    tables = [pd.read_parquet(data[k]) for k in ("prompts_train", "prompts_gold_eval") if k in data]
+    return gold_by_prompt(make_task(cfg["task"]), *tables)
+
+
+def evaluate_into(ctx, cfg: dict, policy: str, rm: str | None, *, seed: int, baseline_samples: str | None = None,
                   fresh_pairs: str | None = None) -> tuple[dict, str]:
-    """Evaluate `policy` on the frozen gold-eval prompts; write eval.json and samples.parquet."""
-    prompts = pd.read_parquet(ctx.state["data"]["prompts_gold_eval"])["prompt"].tolist()
+    """Evaluate `policy` on the frozen evaluation prompts; write eval.json and samples.parquet."""
+    table = pd.read_parquet(ctx.state["data"]["prompts_gold_eval"])
+    prompts = table["prompt"].tolist()
+    gold = gold_by_prompt(make_task(cfg["task"]), table)
     record, samples = evaluate_policy(
         policy, ctx.state.get("ref") or policy, rm, prompts,
         samples_per_prompt=cfg["loop"]["eval_samples_per_prompt"],
         max_new_tokens=cfg["stage"]["ppo"]["response_length"], temperature=eval_temperature(cfg), seed=seed,
         baseline_samples=pd.read_parquet(baseline_samples) if baseline_samples else None,
         fresh_pairs=pd.read_parquet(fresh_pairs) if fresh_pairs else None,
-        progress=cfg["progress"], trust_remote_code=cfg["model"]["trust_remote_code"],
+        progress=cfg["progress"], trust_remote_code=cfg["model"]["trust_remote_code"], gold=gold,
     )
-    if baseline_samples:
+    if baseline_samples and rm:
         # Re-score the last good samples with the CURRENT reward model, so "proxy went up" compares
         # two policies under one RM rather than two RMs.
         base = pd.read_parquet(baseline_samples)

@@ -21,12 +21,14 @@ from ..control.gate import Gate, GateDecision, apply_remedies
 from ..control.kl_controller import BetaSchedule, KLController, LRSchedule
 from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se
 from ..generation import generate
+from ..graph import StopLoop
 from ..labelers import make_labeler
 from ..labelers.reward_model import NonFiniteRewardError
-from ..testbed.builders import PAIR_COLUMNS
+from ..pairs import empty_pairs, with_gold
+from ..tasks import make_task
 from ..launcher import run_stage
 from ..scoring import load_scorer, pair_correct
-from .common import eval_seed, evaluate_into, stage_kwargs
+from .common import eval_seed, evaluate_into, stage_kwargs, task_gold
 from .setup_ops import _scalars
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ STORE = "preferences/store.parquet"
 
 def collect(ctx, cfg: dict) -> dict:
     lp, ppo = cfg["loop"], cfg["stage"]["ppo"]
+    if lp["max_rollbacks"] is not None and ctx.state["n_rollbacks"] >= lp["max_rollbacks"]:
+        # Rollback after rollback means the remedies are not working: stop for a person to look.
+        raise StopLoop(f"{ctx.state['n_rollbacks']} rollbacks reached loop.max_rollbacks={lp['max_rollbacks']}; "
+                       "look at summary.json's iterations, change the config (allow_config_change=true) and re-run")
     pool = pd.read_parquet(ctx.state["data"]["prompts_train"])
     cursor, n = int(ctx.state.get("cursor", 0)), lp["prompts_per_iteration"]
     rows = pool.iloc[[(cursor + i) % len(pool) for i in range(n)]].reset_index(drop=True)
@@ -67,8 +73,8 @@ def label(ctx, cfg: dict) -> dict:
     for pid, group in df.groupby("prompt_id", sort=False):
         prompt_rows.append({"prompt": group["prompt"].iloc[0], "prompt_id": pid})
         candidates.append(group["completion"].tolist())
-    labeler = make_labeler(lp["labeler"], annotator=lp["annotator"], seed=cfg["seed"], reward_model=ctx.state["rm"],
-                           trust_remote_code=cfg["model"]["trust_remote_code"])
+    labeler = make_labeler(lp["labeler"], task=make_task(cfg["task"]), annotator=lp["annotator"], seed=cfg["seed"],
+                           reward_model=ctx.state["rm"], trust_remote_code=cfg["model"]["trust_remote_code"])
     if lp["labeler"] == "human":
         labeler.on_error = lp["human_labels_on_error"]
     try:
@@ -77,25 +83,31 @@ def label(ctx, cfg: dict) -> dict:
     except NonFiniteRewardError as e:
         # Never train on it: the rest of the iteration is skipped and the gate rolls it back.
         log.error("iteration %d: %s", ctx.iteration, e)
-        empty = write_table(pd.DataFrame(columns=PAIR_COLUMNS), Path(ctx.stage_dir) / "pairs.parquet")
+        empty = write_table(empty_pairs(), Path(ctx.stage_dir) / "pairs.parquet")
         return {"pairs": str(empty), "poison": f"labeler: {e}", "_metrics": {"n_pairs": 0, "nonfinite_rewards": 1.0}}
+    gold = task_gold(ctx, cfg)
+    pairs = with_gold(pairs, gold)
     path = write_table(pairs, Path(ctx.stage_dir) / "pairs.parquet")
     store = Path(ctx.run_dir) / STORE
     old = pd.read_parquet(store) if store.exists() else pairs.iloc[:0]
     # Dedupe by pair_id: a crash between this write and the ledger commit must not double the pairs.
     merged = pd.concat([old, pairs]).drop_duplicates("pair_id", keep="last").reset_index(drop=True)
     write_table(merged, store)
-    agree = float(np.mean(pairs["gold_chosen"] > pairs["gold_rejected"])) if len(pairs) else float("nan")
-    return {"pairs": str(path), "store": str(store),
-            "_metrics": {"n_pairs": len(pairs), "store_size": len(merged), "label_gold_agreement": agree}}
+    metrics = {"n_pairs": len(pairs), "store_size": len(merged)}
+    if gold is not None and len(pairs):
+        metrics["label_gold_agreement"] = float(np.mean(pairs["gold_chosen"] > pairs["gold_rejected"]))
+    return {"pairs": str(path), "store": str(store), "_metrics": metrics}
 
 
 def rm_update(ctx, cfg: dict) -> dict:
     lp = cfg["loop"]
     policy = RMUpdatePolicy.from_state_dict(ctx.state["rm_policy_state"])
     kl_now = float(ctx.state["history"][-1].get("kl", 0.0))
-    forced = bool(ctx.state.get("force_rm_refresh"))
+    first = ctx.state["rm"] is None  # no warm-up: the first labels train the first reward model
+    forced = bool(ctx.state.get("force_rm_refresh")) or first
     due, reason = policy.should_update(ctx.iteration, policy.kl_since_last(kl_now), forced=forced)
+    if first:
+        reason = "first reward model (no warm-up)"
     fresh = pd.read_parquet(ctx.state["pairs"])
     if ctx.state.get("poison"):
         return {"rm_update_reason": "skipped: iteration poisoned", "_metrics": {"rm_updated": 0.0}}
@@ -120,14 +132,19 @@ def rm_update(ctx, cfg: dict) -> dict:
         model, tok = load_scorer(rm_path, trc)
         return pair_correct(model, tok, val["prompt"], val["chosen"], val["rejected"])
 
-    old_ok = judged(ctx.state["rm"])
+    init = (ctx.state.get("init_rm") or ctx.state["sft_policy"]) if first else ctx.state["rm"]
     out = d / "rm"
-    meta = run_stage("reward", cfg=cfg["stage"]["reward"], inputs={"reward_model": ctx.state["rm"], "data": str(mix)},
+    meta = run_stage("reward", cfg=cfg["stage"]["reward"], inputs={"reward_model": init, "data": str(mix)},
                      output=out, extra={"heldout": str(val_path)}, **stage_kwargs(cfg))
     new_ok = judged(str(out))
-    old_acc, new_acc = float(np.mean(old_ok)), float(np.mean(new_ok))
-    se = paired_accuracy_se(old_ok, new_ok)
-    keep_new, why = accept_new_rm(old_acc, new_acc, lp["rm_accuracy_tolerance"], se, lp["rm_accuracy_z"])
+    new_acc = float(np.mean(new_ok))
+    if first:
+        old_acc, se, keep_new, why = float("nan"), float("nan"), True, "no previous reward model to compare with"
+    else:
+        old_ok = judged(ctx.state["rm"])
+        old_acc = float(np.mean(old_ok))
+        se = paired_accuracy_se(old_ok, new_ok)
+        keep_new, why = accept_new_rm(old_acc, new_acc, lp["rm_accuracy_tolerance"], se, lp["rm_accuracy_z"])
     policy.mark_updated(ctx.iteration, kl_now)
     return {"rm": str(out) if keep_new else ctx.state["rm"], "rm_policy_state": policy.state_dict(),
             "force_rm_refresh": False, "rm_update_reason": f"{reason}; {why}",
@@ -147,6 +164,11 @@ def policy_update(ctx, cfg: dict) -> dict:
     extra = {"beta": beta, "lr_scale": lr_scale}
     if ctx.state.get("poison"):
         return {"candidate": None, "beta_used": beta, "lr_scale_used": lr_scale, "_metrics": {"skipped": 1.0}}
+    if lp["policy_update"] == "ppo" and ctx.state["rm"] is None:
+        why = f"no reward model yet: iteration {ctx.iteration} gave too few labelled pairs to train the first one"
+        log.error("iteration %d: %s", ctx.iteration, why)
+        return {"candidate": None, "beta_used": beta, "lr_scale_used": lr_scale, "poison": why,
+                "_metrics": {"skipped": 1.0}}
     try:
         meta = _train_policy(ctx, cfg, out, extra)
     except FloatingPointError as e:
@@ -194,11 +216,17 @@ def gate(ctx, cfg: dict) -> dict:
                                 [Verdict("non_finite_input", True, st["poison"], remedies[0])], remedies)
     else:
         decision = gate_.decide(current, baseline, st["history"])
+    skipped = [f"{v.name} ({v.reason})" for v in decision.verdicts if v.skipped]
+    if lp["min_win_rate"] is not None and current.get("win_rate") is None and not st.get("poison"):
+        skipped.append("head-to-head (no win rate: the task has no gold to judge it)")
+    previous = st["iterations_log"][-1].get("skipped_checks") if st["iterations_log"] else None
+    if skipped and skipped != previous:
+        log.warning("gate: skipped checks: %s", "; ".join(skipped))
     kl = KLController.from_state_dict(st["kl_state"])
     entry = {"iteration": ctx.iteration, "gold": current.get("gold"), "proxy": current.get("proxy"),
              "kl": current.get("kl"), "length": current.get("length"), "entropy": current.get("entropy"),
              "win_rate": current.get("win_rate"), "beta": st.get("beta_used"), "lr_scale": st.get("lr_scale_used"),
-             "rm_update": st.get("rm_update_reason"), "policy": st["candidate"]}
+             "rm_update": st.get("rm_update_reason"), "policy": st["candidate"], "skipped_checks": skipped}
     if decision.accepted:
         if math.isfinite(current.get("kl", float("nan"))):
             kl.update(current["kl"], cfg["stage"]["ppo"]["total_episodes"])

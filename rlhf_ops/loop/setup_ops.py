@@ -10,60 +10,86 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+
 from ..artifacts import InputError, write_json_atomic, write_table
-from ..labelers.annotator import panel_member
+from ..formats import has_chat_template, render_column
 from ..launcher import run_stage
-from ..models import build_tiny_policy, build_tiny_reward, check_checkpoint_dir, load_tokenizer, save_model, train_tokenizer
-from ..testbed.builders import build_grammar_pairs, build_prompt_pool, build_sft_demos
-from ..testbed.task import prompt_splits, tokenizer_corpus
+from ..models import (build_tiny_policy, build_tiny_reward, check_checkpoint_dir, copy_with_distinct_pad,
+                      load_tokenizer, needs_distinct_pad, save_model, train_tokenizer)
+from ..tasks import make_task
 from .common import eval_seed, evaluate_into, stage_kwargs
+
+log = logging.getLogger(__name__)
 
 
 def prepare(ctx, cfg: dict) -> dict:
-    t, m, seed = cfg["task"], cfg["model"], cfg["seed"]
+    """The task's tables, rendered for the model (chat template), and the initial model checkpoint."""
+    m, seed = cfg["model"], cfg["seed"]
     d = Path(ctx.stage_dir)
-    splits = prompt_splits(t["seed"], t["n_train_prompts"], t["n_eval_prompts"], t["n_gold_eval_prompts"])
-    data = {}
-    for split, rows in splits.items():
-        data[f"prompts_{split}"] = str(write_table(build_prompt_pool(rows), d / f"prompts_{split}.parquet"))
-    demos = build_sft_demos(splits["train"], t["sft_demos_per_prompt"], t["seed"], t["sft_min_gold"])
-    data["sft_demos"] = str(write_table(demos, d / "sft_demos.parquet"))
-    annotator = panel_member(t["annotator"], t["seed"])
-    data["offline_pairs"] = str(write_table(
-        build_grammar_pairs(splits["train"], t["n_offline_pairs"], annotator, t["seed"]), d / "offline_pairs.parquet"))
-    data["heldout_pairs"] = str(write_table(
-        build_grammar_pairs(splits["eval"], max(64, t["n_eval_prompts"]), annotator, t["seed"] + 1),
-        d / "heldout_pairs.parquet"))
-    updates = {"data": data, "cursor": 0}
+    task = make_task(cfg["task"])
+    task.check()
+    td = task.load(seed)
+    updates: dict = {"cursor": 0}
     if m["path"]:
         check_checkpoint_dir(m["path"], "model.path")
-        tok = load_tokenizer(m["path"], m["trust_remote_code"])
-        if tok.pad_token_id == tok.eos_token_id:
-            raise InputError(f"model.path {m['path']}: pad token equals EOS; set a distinct pad token")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(m["path"], trust_remote_code=m["trust_remote_code"])
         updates["init_policy"] = m["path"]
+        if needs_distinct_pad(tok):
+            note = copy_with_distinct_pad(m["path"], d / "init_policy", m["trust_remote_code"])
+            log.warning("%s", note)
+            updates["init_policy"] = str(d / "init_policy")
+            tok = load_tokenizer(d / "init_policy", m["trust_remote_code"])
     else:
-        tok = train_tokenizer(tokenizer_corpus(t["seed"], t["tokenizer_corpus_size"]), m["vocab_size"])
         from omegaconf import OmegaConf
 
+        tok = train_tokenizer(td.corpus, m["vocab_size"])
         mcfg = OmegaConf.create(m)
         save_model(build_tiny_policy(mcfg, tok, seed), tok, d / "init_policy")
         updates["init_policy"] = str(d / "init_policy")
         if m["reward_init"] == "scratch":
             save_model(build_tiny_reward(mcfg, tok, seed + 1), tok, d / "init_rm")
             updates["init_rm"] = str(d / "init_rm")
+    wrap = bool(m["apply_chat_template"]) and has_chat_template(tok)
+    if wrap:
+        log.warning("prompts are rendered with the chat template of %s (model.apply_chat_template=false: verbatim)",
+                    updates["init_policy"])
+    src = td.sources.get("prompts", "prompts")
+    tables = {"prompts_train": render_column(td.train_prompts, tok, wrap=wrap, path=src),
+              "prompts_gold_eval": render_column(td.eval_prompts, tok, wrap=wrap,
+                                                 path=td.sources.get("eval_prompts", src))}
+    for key, df, source in (("sft_demos", td.sft, "sft"), ("offline_pairs", td.pairs, "pairs"),
+                            ("heldout_pairs", td.heldout_pairs, "pairs")):
+        if df is not None:
+            tables[key] = render_column(df, tok, wrap=wrap, path=td.sources.get(source, source))
+    data = {key: str(write_table(df, d / f"{key}.parquet")) for key, df in tables.items()}
+    updates["data"] = data
     # Every prompt must leave room for a response in the policy's context: fail here, naming the file
     # and row, not in the first policy update after an iteration of generation and labelling.
-    from ..stages.ppo import _max_prompt_tokens, read_prompts
+    from ..stages.ppo import _max_prompt_tokens, check_prompt_lengths
 
     limit = _max_prompt_tokens(updates["init_policy"], cfg["stage"]["ppo"])
-    for split in splits:
-        read_prompts(data[f"prompts_{split}"], tok, limit)
-    updates["_metrics"] = {"n_sft_demos": len(demos), "sft_demo_gold": float(demos["gold"].mean())}
+    for key, source in (("prompts_train", "prompts"), ("prompts_gold_eval", "eval_prompts")):
+        t = tables[key]
+        origin = [f"prompt_id {pid} of {td.sources.get(source, td.sources.get('prompts', key))}" for pid in t["prompt_id"]]
+        check_prompt_lengths(t["prompt"].tolist(), tok, limit, data[key], origin)
+    metrics = {"n_train_prompts": len(tables["prompts_train"]), "n_eval_prompts": len(tables["prompts_gold_eval"]),
+               "n_sft_demos": len(td.sft) if td.sft is not None else 0,
+               "n_seed_pairs": len(td.pairs) if td.pairs is not None else 0}
+    if td.sft is not None and "gold" in td.sft.columns:
+        metrics["sft_demo_gold"] = float(td.sft["gold"].mean())
+    updates["_metrics"] = metrics
     updates["_artifacts"] = [("dataset", p) for p in data.values()]
     return updates
 
 
 def sft(ctx, cfg: dict) -> dict:
+    init = ctx.state["init_policy"]
+    if "sft_demos" not in ctx.state["data"]:
+        log.warning("no SFT data (task.sft): the model %s is taken as already fine-tuned", init)
+        return {"sft_policy": init, "policy": init, "ref": init, "_metrics": {"skipped": 1.0}}
     out = Path(ctx.stage_dir) / "policy"
     meta = run_stage("sft", cfg=cfg["stage"]["sft"], inputs={"policy": ctx.state["init_policy"],
                      "data": ctx.state["data"]["sft_demos"]}, output=out, **stage_kwargs(cfg))
@@ -72,11 +98,15 @@ def sft(ctx, cfg: dict) -> dict:
 
 
 def rm_warmup(ctx, cfg: dict) -> dict:
+    if "offline_pairs" not in ctx.state["data"]:
+        log.warning("no seed pairs (task.pairs): no reward-model warm-up; the first iteration's labels "
+                    "train the first reward model")
+        return {"rm": None, "_metrics": {"skipped": 1.0}}
     out = Path(ctx.stage_dir) / "rm"
     init = ctx.state.get("init_rm") or ctx.state["sft_policy"]
     meta = run_stage("reward", cfg=cfg["stage"]["reward"], inputs={"reward_model": init,
                      "data": ctx.state["data"]["offline_pairs"]}, output=out,
-                     extra={"heldout": ctx.state["data"]["heldout_pairs"]}, **stage_kwargs(cfg))
+                     extra={"heldout": ctx.state["data"].get("heldout_pairs")}, **stage_kwargs(cfg))
     return {"rm": str(out), "_metrics": _scalars(meta["metrics"]), "_artifacts": [("reward_model", str(out))],
             "stage_meta": _stage_summary(ctx, meta)}
 

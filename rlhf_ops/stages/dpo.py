@@ -21,8 +21,8 @@ def validate(spec: dict) -> None:
     require(spec, "policy", "data")
     check_checkpoint_dir(spec["inputs"]["policy"], "policy")
     check_checkpoint_dir(spec["inputs"].get("ref") or spec["inputs"]["policy"], "reference")
-    load_tokenizer(spec["inputs"]["policy"], spec.get("trust_remote_code", False))
-    read_pairs(spec["inputs"]["data"])
+    tok = load_tokenizer(spec["inputs"]["policy"], spec.get("trust_remote_code", False))
+    read_pairs(spec["inputs"]["data"], tok)
 
 
 def train(spec: dict) -> dict:
@@ -32,7 +32,7 @@ def train(spec: dict) -> dict:
     tokenizer = load_tokenizer(inputs["policy"], trc)
     model = load_policy(inputs["policy"], trc)
     ref = load_policy(inputs.get("ref") or inputs["policy"], trc)
-    df = read_pairs(inputs["data"])
+    df = read_pairs(inputs["data"], tokenizer)
     dataset = Dataset.from_pandas(df[list(REQUIRED)].reset_index(drop=True))
     args = DPOConfig(
         **trainer_kwargs(spec, cfg),

@@ -12,14 +12,18 @@ special tokens and left-padded; responses stop at EOS (PPO needs pad != EOS, che
 
 from __future__ import annotations
 
+import logging
 import os
 
 from datasets import Dataset
 
-from ..artifacts import InputError, read_table
+from ..artifacts import InputError
+from ..formats import read_rendered
 from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer, reward_members
 from ..scoring import load_reward_model
 from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+
+log = logging.getLogger(__name__)
 
 
 def resolve_inputs(spec: dict) -> dict:
@@ -29,17 +33,33 @@ def resolve_inputs(spec: dict) -> dict:
     return inputs
 
 
-def read_prompts(path, tokenizer, max_prompt_tokens: int) -> list[str]:
-    df = read_table(path, required=("prompt",), nonempty_text=("prompt",), what="prompt")
-    prompts = df["prompt"].tolist()
+def check_prompt_lengths(prompts: list[str], tokenizer, max_prompt_tokens: int, path, origin: list[str] | None = None,
+                         ) -> None:
+    """`origin[i]` says where row i came from (e.g. the user's file and its row), when not `path` itself."""
     for i, p in enumerate(prompts):
         n = len(tokenizer(p, add_special_tokens=False)["input_ids"])
         if n > max_prompt_tokens:
+            where = f"; the row is {origin[i]}" if origin else ""
             raise InputError(
                 f"{path}: row {i}: prompt is {n} tokens, longer than the {max_prompt_tokens} allowed "
-                "(max_position_embeddings - response_length)"
+                f"(max_position_embeddings - response_length){where}"
             )
+
+
+def read_prompts(path, tokenizer, max_prompt_tokens: int) -> list[str]:
+    prompts = read_rendered(path, "prompts", tokenizer)["prompt"].tolist()
+    check_prompt_lengths(prompts, tokenizer, max_prompt_tokens, path)
     return prompts
+
+
+def fill_batch(prompts: list[str], batch: int) -> list[str]:
+    """TRL's PPO dataloader drops a partial last batch and then spins forever on an empty one, so a
+    prompt set smaller than one batch is cycled up to a whole batch (each prompt sampled more often)."""
+    if len(prompts) >= batch:
+        return prompts
+    log.warning("ppo: %d prompt(s) is fewer than one batch (%d = per_device_train_batch_size x "
+                "gradient_accumulation_steps x processes); the prompts are cycled to fill it", len(prompts), batch)
+    return [prompts[i % len(prompts)] for i in range(batch)]
 
 
 def validate(spec: dict) -> None:
@@ -50,7 +70,10 @@ def validate(spec: dict) -> None:
         check_checkpoint_dir(inputs[key], key)
     tok = load_tokenizer(inputs["policy"], trc)
     if tok.pad_token_id == tok.eos_token_id:
-        raise InputError(f"tokenizer in {inputs['policy']}: pad token equals EOS; PPO truncates at EOS and pads after it")
+        raise InputError(
+            f"tokenizer in {inputs['policy']}: pad token equals EOS, and PPO truncates at EOS and pads after it; "
+            "give it a distinct pad token (tokenizer.pad_token = an unused special token such as '<|endoftext|>', "
+            "then save_pretrained), or run the loop (model=local model.path=...), which does this for you")
     check_same_vocab(inputs["policy"], inputs["reward_model"], trc)
     check_same_vocab(inputs["policy"], inputs["value_model"], trc)
     read_prompts(inputs["data"], tok, _max_prompt_tokens(inputs["policy"], spec["cfg"]))
@@ -72,6 +95,8 @@ def train(spec: dict) -> dict:
     tokenizer = load_tokenizer(inputs["policy"], trc)
     tokenizer.padding_side = "left"
     prompts = read_prompts(inputs["data"], tokenizer, _max_prompt_tokens(inputs["policy"], cfg))
+    n_procs = int(os.environ.get("WORLD_SIZE", "1"))
+    prompts = fill_batch(prompts, cfg["per_device_train_batch_size"] * cfg["gradient_accumulation_steps"] * n_procs)
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]})
 
     policy = load_policy(inputs["policy"], trc)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset
 
-from ..artifacts import read_table
+from ..formats import read_rendered
 from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_sequence_classifier, load_tokenizer, reward_members
 from ..scoring import member_scores
 from .common import (
@@ -30,15 +30,16 @@ from .common import (
 REQUIRED = ("prompt", "chosen", "rejected")
 
 
-def read_pairs(path) -> pd.DataFrame:
-    return read_table(path, required=REQUIRED, nonempty_text=REQUIRED, what="preference")
+def read_pairs(path, tokenizer) -> pd.DataFrame:
+    """prompt/chosen/rejected text (conversational rows rendered with the chat template)."""
+    return read_rendered(path, "pairs", tokenizer)
 
 
 def validate(spec: dict) -> None:
     require(spec, "reward_model", "data")
     check_checkpoint_dir(spec["inputs"]["reward_model"], "reward model init")
-    load_tokenizer(spec["inputs"]["reward_model"], spec.get("trust_remote_code", False))
-    df = read_pairs(spec["inputs"]["data"])
+    tok = load_tokenizer(spec["inputs"]["reward_model"], spec.get("trust_remote_code", False))
+    df = read_pairs(spec["inputs"]["data"], tok)
     if spec.get("heldout") is None and len(df) < 4:
         raise ValueError(f"{spec['inputs']['data']}: {len(df)} pairs is too few to train a reward model")
 
@@ -59,9 +60,9 @@ def train(spec: dict) -> dict:
     cfg, inputs, seed = spec["cfg"], spec["inputs"], spec["seed"]
     trc = spec.get("trust_remote_code", False)
     tokenizer = load_tokenizer(inputs["reward_model"], trc)
-    df = read_pairs(inputs["data"])
+    df = read_pairs(inputs["data"], tokenizer)
     if spec.get("heldout"):
-        train_df, eval_df = df, read_pairs(spec["heldout"])
+        train_df, eval_df = df, read_pairs(spec["heldout"], tokenizer)
     else:
         train_df, eval_df = split_heldout(df, cfg.get("eval_fraction", 0.1), seed)
     k = int(cfg.get("ensemble_size", 1))

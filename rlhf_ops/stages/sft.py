@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datasets import Dataset
 
-from ..artifacts import read_table
+from ..formats import read_rendered
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
 from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
 
@@ -19,8 +19,8 @@ COLUMNS = ("prompt", "completion")
 def validate(spec: dict) -> None:
     require(spec, "policy", "data")
     check_checkpoint_dir(spec["inputs"]["policy"], "policy")
-    load_tokenizer(spec["inputs"]["policy"], spec.get("trust_remote_code", False))
-    read_table(spec["inputs"]["data"], required=COLUMNS, nonempty_text=COLUMNS, what="SFT")
+    tok = load_tokenizer(spec["inputs"]["policy"], spec.get("trust_remote_code", False))
+    read_rendered(spec["inputs"]["data"], "sft", tok)
 
 
 def train(spec: dict) -> dict:
@@ -30,7 +30,7 @@ def train(spec: dict) -> dict:
     trc = spec.get("trust_remote_code", False)
     tokenizer = load_tokenizer(inputs["policy"], trc)
     model = load_policy(inputs["policy"], trc)
-    df = read_table(inputs["data"], required=COLUMNS, nonempty_text=COLUMNS, what="SFT")
+    df = read_rendered(inputs["data"], "sft", tokenizer)
     dataset = Dataset.from_pandas(df[list(COLUMNS)].reset_index(drop=True))
     args = SFTConfig(
         **trainer_kwargs(spec, cfg),

@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from rlhf_ops.testbed.annotators import (
+from rlhf_ops.tasks.reviews.annotators import (
     SimulatedAnnotator, agreement_with_gold, default_panel, fleiss_kappa_binary,
     inter_annotator_agreement,
 )
-from rlhf_ops.testbed.gold import count_words, gold_reward
-from rlhf_ops.testbed.task import ReviewGrammar, degenerate_texts, make_prompt, prompt_splits
+from rlhf_ops.tasks.reviews.gold import count_words, gold_reward
+from rlhf_ops.tasks.reviews.task import ReviewGrammar, degenerate_texts, make_prompt, prompt_splits
 
 
 def grammar_rows(n, seed=0):

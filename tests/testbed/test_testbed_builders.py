@@ -5,13 +5,13 @@ import os
 import pandas as pd
 import pytest
 
-from rlhf_ops.testbed.annotators import SimulatedAnnotator
-from rlhf_ops.testbed.builders import (
+from rlhf_ops.tasks.reviews.annotators import SimulatedAnnotator
+from rlhf_ops.tasks.reviews.builders import (
     PAIR_COLUMNS, build_grammar_pairs, build_prompt_pool, build_sft_demos, pairs_from_candidates,
     read_table, write_table,
 )
-from rlhf_ops.testbed.gold import gold_reward
-from rlhf_ops.testbed.task import degenerate_texts, prompt_splits
+from rlhf_ops.tasks.reviews.gold import gold_reward
+from rlhf_ops.tasks.reviews.task import degenerate_texts, prompt_splits
 
 SPLITS = prompt_splits(0, 60, 10, 10)
 TRAIN = SPLITS["train"]

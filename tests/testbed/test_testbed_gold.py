@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from rlhf_ops.testbed.gold import GOLD_WINDOW, count_words, gold_reward, gold_terms
-from rlhf_ops.testbed.task import ASPECTS, ITEMS, ReviewGrammar, degenerate_texts, make_prompt
+from rlhf_ops.tasks.reviews.gold import GOLD_WINDOW, count_words, gold_reward, gold_terms
+from rlhf_ops.tasks.reviews.task import ASPECTS, ITEMS, ReviewGrammar, degenerate_texts, make_prompt
 
 P = make_prompt("the hotel", "service", template=1, name="Rosa", hint=2)
 BASE = " The service at the hotel was great and the rooms were clean."

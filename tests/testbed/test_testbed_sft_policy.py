@@ -12,9 +12,9 @@ from rlhf_ops.config import ModelConfig
 from rlhf_ops.generation import generate
 from rlhf_ops.launcher import run_stage
 from rlhf_ops.models import build_tiny_policy, save_model, train_tokenizer
-from rlhf_ops.testbed.builders import build_sft_demos
-from rlhf_ops.testbed.gold import gold_reward
-from rlhf_ops.testbed.task import prompt_splits, tokenizer_corpus
+from rlhf_ops.tasks.reviews.builders import build_sft_demos
+from rlhf_ops.tasks.reviews.gold import gold_reward
+from rlhf_ops.tasks.reviews.task import prompt_splits, tokenizer_corpus
 
 # 300 train prompts x 4 grammar demos, kept when gold >= 0.5 (~560 demos): unfiltered demos
 # (negative and flawed reviews too) need far more steps before the policy beats random init

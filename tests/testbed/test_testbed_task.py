@@ -5,8 +5,8 @@ import statistics
 
 import pytest
 
-from rlhf_ops.testbed.gold import GOLD_WINDOW, count_words, gold_terms, words_of
-from rlhf_ops.testbed.task import (
+from rlhf_ops.tasks.reviews.gold import GOLD_WINDOW, count_words, gold_terms, words_of
+from rlhf_ops.tasks.reviews.task import (
     ASPECTS, HINTS, ITEMS, NAMES, TEMPLATES, ReviewGrammar, all_prompt_rows, degenerate_texts,
     make_prompt, parse_prompt, prompt_splits, tokenizer_corpus,
 )

@@ -8,18 +8,16 @@ sees half a file.
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pandas as pd
 
 from rlhf_ops.artifacts import read_table, write_table  # noqa: F401  (re-exported: the testbed's table I/O)
-from rlhf_ops.testbed.annotators import SimulatedAnnotator
-from rlhf_ops.testbed.gold import gold_reward
-from rlhf_ops.testbed.task import ReviewGrammar
+from rlhf_ops.pairs import PAIR_COLUMNS, make_pair_id  # noqa: F401  (re-exported)
+from rlhf_ops.tasks.reviews.annotators import SimulatedAnnotator
+from rlhf_ops.tasks.reviews.gold import gold_reward
+from rlhf_ops.tasks.reviews.task import ReviewGrammar
 
-PAIR_COLUMNS = ["pair_id", "prompt", "prompt_id", "chosen", "rejected", "gold_chosen",
-                "gold_rejected", "labeler", "iteration", "policy_checkpoint", "source"]
 SFT_COLUMNS = ["prompt", "completion", "gold", "prompt_id", "source", "seed"]
 POOL_COLUMNS = ["prompt", "prompt_id", "item", "aspect", "split"]
 
@@ -40,16 +38,6 @@ def build_sft_demos(prompts: list[dict], n_per_prompt: int, seed: int,
     return pd.DataFrame.from_records(records, columns=SFT_COLUMNS)
 
 
-def make_pair_id(source: str, iteration: int, policy_checkpoint: str, prompt_id: str, k: int,
-                 a: str, b: str) -> str:
-    """Stable pair id: same inputs, same id; k is the pair's position in its batch."""
-    # Readable prefix for grepping; the hash keeps ids unique across calls with other seeds.
-    digest = hashlib.sha1("\x1f".join([source, str(iteration), policy_checkpoint, prompt_id,
-                                       str(k), a, b]).encode()).hexdigest()[:10]
-    return f"{source}-it{iteration}-{prompt_id}-{k:05d}-{digest}"
-
-
-_pair_id = make_pair_id  # old private name, still imported by rlhf_ops.labelers.reward_model
 
 
 def pairs_from_candidates(prompt_rows: list[dict], candidates: list[list[str]],

@@ -4,7 +4,7 @@ A prompt asks for a short review of an item (a hotel, a laptop, ...) focusing on
 (service, price, ...). Completions come from `ReviewGrammar`, a small stochastic grammar with a
 few hundred plain-ASCII words, so that tiny models trained on CPU can learn it. The grammar's
 output is of mixed quality on purpose: about 30% of samples carry one flaw (repetition, off-topic,
-no ending, overlong, too short) that the gold reward in `rlhf_ops.testbed.gold` penalises.
+no ending, overlong, too short) that the gold reward in `rlhf_ops.tasks.reviews.gold` penalises.
 
 Prompt variety comes from 4 templates x 11 item namings ("the hotel", "Luigi's hotel", ...) x
 5 style hints over 12 items x 8 aspects: 21,120 distinct prompts, all parseable back to

@@ -18,7 +18,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 
-from rlhf_ops.testbed.gold import count_words, gold_reward
+from rlhf_ops.tasks.reviews.gold import count_words, gold_reward
 
 Row = tuple[str, str, str]  # (prompt, a, b)
 

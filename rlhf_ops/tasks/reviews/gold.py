@@ -36,7 +36,7 @@ import functools
 import math
 import re
 
-from rlhf_ops.testbed.task import parse_prompt
+from rlhf_ops.tasks.reviews.task import parse_prompt
 
 GOLD_WINDOW = (8, 40)
 GOLD_RANGE = (-2.0, 1.5)  # empty completion .. best possible text
