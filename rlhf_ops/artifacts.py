@@ -18,9 +18,16 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from .faults import maybe_die_write
 
 META_FILE = "stage_meta.json"
+# Observers of every atomic write, called with the complete temporary just before its rename (the
+# fault-injection tests install one: rlhf_ops.testing.faults). Empty in a normal run.
+PUBLISH_HOOKS: list = []
+
+
+def _before_publish(tmp) -> None:
+    for hook in PUBLISH_HOOKS:
+        hook(tmp)
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
@@ -79,7 +86,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old)
         os.replace(final, old)
     try:
-        maybe_die_write(tmp)  # fault injection (rlhf_ops.faults); a no-op unless RLHF_OPS_FAULT is set
+        _before_publish(tmp)
         os.replace(tmp, final)
     except BaseException:
         # The new checkpoint could not be put in place (disk full, I/O error): put the previous one
@@ -104,15 +111,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """The one way a run writes a file that is not a table or checkpoint: a temporary beside it, then a rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        maybe_die_write(tmp)
+        tmp.write_bytes(data)
+        _before_publish(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only still there if the write or the rename failed
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def write_meta(stage_dir: str | Path, meta: dict) -> None:
@@ -135,7 +152,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
             with open(tmp, "w", encoding="utf-8") as f:
                 for record in df.to_dict(orient="records"):
                     f.write(json.dumps(_jsonable(record), allow_nan=False, ensure_ascii=False) + "\n")
-        maybe_die_write(tmp)
+        _before_publish(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only still there if the write or the rename failed

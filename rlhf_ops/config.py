@@ -203,36 +203,13 @@ class KLConfig:
 
 
 @dataclass
-class ScheduleSpec:
-    # always | every | on_trigger | never
-    kind: str = "always"
-    every: int = 1
-    # first iteration the node may run
-    offset: int = 0
-    # inclusive [first, last] iteration windows where the node never runs
-    freeze: list[list[int]] = field(default_factory=list)
-    # trigger name (on_trigger; an `every` node also runs when it is set)
-    trigger: Optional[str] = None
-
-
-@dataclass
-class NodeSpec:
-    name: str = "???"
-    # operation (rlhf_ops.loop.ops.OPS); defaults to the node's name
-    op: str = ""
-    # loop-state keys read and written (the graph orders nodes by them)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
-
-
-@dataclass
 class LoopConfig:
     # online_ppo | iterative_dpo | offline_dpo | stages_once
     name: str = "online_ppo"
-    # The graph: setup nodes run once, then `nodes` run every iteration (see conf/loop/).
-    setup: list[NodeSpec] = field(default_factory=list)
-    nodes: list[NodeSpec] = field(default_factory=list)
+    # The recipe (rlhf_ops/loop/recipe.py): setup steps run once, then `steps` every iteration, in order.
+    setup: list[str] = field(default_factory=lambda: ["prepare", "sft", "rm_warmup", "baseline"])
+    steps: list[str] = field(default_factory=lambda: ["collect", "label", "rm_update", "policy_update", "evaluate",
+                                                      "gate", "prune"])
     iterations: int = 3
     # Prompts collected per iteration and completions per prompt.
     prompts_per_iteration: int = 64

@@ -29,7 +29,10 @@ def _progress(iterable, enabled: bool, desc: str):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False)
+    from .console import tqdm_kwargs
+
+    # During a step the bar is drawn on the terminal (not in the step's log), and only on a TTY.
+    return tqdm(iterable, **{"desc": desc, "leave": False, **tqdm_kwargs()})
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import console
 from .artifacts import atomic_dir, check_output, write_meta
 from .stages import dpo, ppo, reward, sft
 
@@ -66,7 +67,9 @@ def _launch(spec: dict, launcher: dict) -> dict:
     cmd = accelerate_command(launcher, spec_path)
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
     timeout = launcher.get("timeout_s") or None
-    proc = subprocess.run(cmd, env=env, timeout=timeout)
+    # The workers print what the in-process stage would: into the step's log, when there is one.
+    log = console.log_file()
+    proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=log, stderr=subprocess.STDOUT if log else None)
     if proc.returncode != 0:
         raise StageFailed(f"stage '{spec['stage']}' failed under accelerate launch (exit {proc.returncode}): {' '.join(cmd)}")
     result = json.loads((tmp / RESULT_FILE).read_text())
@@ -88,7 +91,9 @@ def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: 
         "stage": stage, "cfg": dict(cfg), "inputs": {k: str(v) for k, v in inputs.items() if v},
         "output": str(output), "seed": int(seed), "progress": progress, "trust_remote_code": trust_remote_code,
         "mixed_precision": launcher.get("mixed_precision", "no"),
-        "deepspeed": resolve_deepspeed(launcher.get("deepspeed", "")), **(extra or {}),
+        "deepspeed": resolve_deepspeed(launcher.get("deepspeed", "")),
+        # Set when the stage's output goes to a log file rather than a console (rlhf_ops.console).
+        "log": str(console.current_log() or ""), **(extra or {}),
     }
     check_output(output, overwrite)
     module.validate(spec)

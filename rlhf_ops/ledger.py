@@ -26,7 +26,7 @@ LEDGER_FILENAME = "ledger.sqlite"
 
 # Keys that may change between a run and its resumption without it being a
 # different experiment (where it lives, how it was launched).
-RESUME_IGNORED_KEYS = ("run_dir", "overwrite", "allow_config_change", "hydra", "progress", "tracking")
+RESUME_IGNORED_KEYS = ("run_dir", "overwrite", "allow_config_change", "hydra", "progress", "verbose", "tracking")
 
 STAGE_STATUSES = ("running", "done", "failed", "skipped")
 ITERATION_STATUSES = ("accepted", "rolled_back", "running")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from .artifacts import write_bytes_atomic
+
 RUN_MARKERS = ("summary.json", "config.yaml", "job_status.json", "metrics.jsonl", ".hydra/overrides.yaml")
 COLUMNS = ["job", "beta", "rm_update_every", "status", "final_iteration", "final_gold", "final_proxy", "final_kl",
            "baseline_gold", "accepted", "iterations", "rollbacks", "wall_s", "overrides", "error"]
@@ -186,9 +188,7 @@ def sweep_objective_from_env(summary: dict | None) -> float | None:
 
 # ---------------------------------------------------------------- writing files
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
 
 
 def _fmt(v) -> str:

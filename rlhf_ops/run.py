@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import console
 from .artifacts import write_json_atomic
 from .validate import validate_config
 
@@ -33,15 +34,23 @@ def _is_multirun() -> bool:
         return False
 
 
+def stage_log_path(output: str | Path) -> Path:
+    """Where a one-stage job's library output goes: beside the output dir, which is published
+    atomically and must hold only the checkpoint."""
+    out = Path(output)
+    return out.with_name(out.name + ".log")
+
+
 def run_one_stage(cfg: DictConfig) -> dict:
     from .launcher import run_stage
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     io = plain["io"]
     inputs = {k: v for k, v in io.items() if k != "output" and v}
-    meta = run_stage(cfg.job, cfg=plain["stage"][cfg.job], inputs=inputs, output=io["output"], seed=cfg.seed,
-                     launcher=plain["launcher"], overwrite=cfg.overwrite, progress=cfg.progress,
-                     trust_remote_code=cfg.model.trust_remote_code)
+    with console.captured(stage_log_path(io["output"]), f"{cfg.job} -> {io['output']}"):
+        meta = run_stage(cfg.job, cfg=plain["stage"][cfg.job], inputs=inputs, output=io["output"], seed=cfg.seed,
+                         launcher=plain["launcher"], overwrite=cfg.overwrite, progress=cfg.progress,
+                         trust_remote_code=cfg.model.trust_remote_code)
     print(f"rlhf_ops: {cfg.job} finished in {meta['wall_s']}s; output: {io['output']}", flush=True)
     return meta
 
@@ -63,6 +72,11 @@ def run(cfg: DictConfig):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", cfg.tracking.wandb_mode)
     _quiet_libraries()
+    if os.environ.get("RLHF_OPS_FAULT") or os.environ.get("RLHF_OPS_FAULT_LOG"):
+        from .testing import faults  # the resume tests' fault injection, read once here
+
+        faults.install()
+    console.configure(verbose=bool(cfg.get("verbose", False)))  # verbose=false: library output goes to per-step log files
     t0 = time.time()
     try:
         validate_config(cfg)
@@ -75,8 +89,15 @@ def run(cfg: DictConfig):
         # A float only in an Optuna sweep (conf/sweep/optuna_kl_budget.yaml): final gold under a KL budget.
         objective = sweep_objective_from_env(summary)
         return summary if objective is None else objective
+    except KeyboardInterrupt as e:
+        # Ctrl-C: the step's traceback is in its log; a loop resumes with the same command.
+        where = f" (log: {console.failed_log(e)})" if console.failed_log(e) else ""
+        print(f"rlhf_ops: interrupted{where}", file=sys.stderr, flush=True)
+        sys.exit(130)
     except Exception as e:  # noqa: BLE001 - reported, then re-raised or recorded
         msg = f"{type(e).__name__}: {e}".strip()
+        if console.failed_log(e):  # the failed step's full output and traceback are in its log
+            msg += f" (log: {console.failed_log(e)})"
         if _is_multirun():
             run_dir = Path(str(cfg.run_dir))
             run_dir.mkdir(parents=True, exist_ok=True)

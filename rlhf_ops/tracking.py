@@ -8,6 +8,8 @@
     tracker.log(iteration, node, metrics)    # once per completed node
     tracker.close("completed")
 
+What wandb prints (its banner, the end-of-run summary) goes to RUN_DIR/logs/wandb.log, not the console,
+unless verbose=true (rlhf_ops.console).
 metrics.jsonl in the run dir is written by the runner whatever the mode; this only mirrors the
 numbers to wandb. Every wandb call is wrapped: if wandb cannot start (not installed, not logged in,
 no network) or fails later, one warning is logged and the run goes on untracked.
@@ -17,12 +19,15 @@ name, so a sweep's jobs share a group); resuming a run dir starts a new wandb ru
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
 import re
 from pathlib import Path
 from typing import Any
+
+from . import console
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,9 @@ def numeric_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 class Tracker:
     """A wandb run, or nothing (disabled mode, or wandb failed): every method is safe to call."""
 
-    def __init__(self, run=None):
+    def __init__(self, run=None, log_path: Path | None = None):
         self._run = run
+        self._log_path = log_path  # where wandb's own printing goes
         self._step = 0  # wandb wants a monotonically increasing step; iterations repeat across nodes
 
     @property
@@ -79,16 +85,18 @@ class Tracker:
                 os.environ["WANDB_MODE"] = "offline"
                 os.environ["WANDB_DIR"] = str(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            import wandb
+            log_path = run_dir / "logs" / "wandb.log"
+            with console.captured(log_path, "wandb"):
+                import wandb
 
-            run = wandb.init(
-                project=tracking.get("project") or "rlhf_ops",
-                group=tracking.get("group") or (cfg_dict or {}).get("name") or None,
-                name=run_dir.name, dir=str(run_dir), mode=mode, config=scrub_secrets(cfg_dict or {}),
-                reinit="create_new",  # jobs of one in-process sweep each get their own run
-                settings=wandb.Settings(console="off", init_timeout=60),  # keep our console and Hydra's log as is
-            )
-            return cls(run)
+                run = wandb.init(
+                    project=tracking.get("project") or "rlhf_ops",
+                    group=tracking.get("group") or (cfg_dict or {}).get("name") or None,
+                    name=run_dir.name, dir=str(run_dir), mode=mode, config=scrub_secrets(cfg_dict or {}),
+                    reinit="create_new",  # jobs of one in-process sweep each get their own run
+                    settings=wandb.Settings(console="off", init_timeout=60),  # keep our console and Hydra's log as is
+                )
+            return cls(run, log_path)
         except Exception as e:  # noqa: BLE001 - tracking must never stop a run
             log.warning("wandb tracking is off for this run (%s mode could not start: %s: %s)",
                         mode, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
@@ -112,8 +120,9 @@ class Tracker:
         if self._run is None:
             return
         try:
-            self._run.summary["status"] = status
-            self._run.finish(exit_code=0 if status in ("completed", "stopped") else 1)
+            with self._quiet():  # wandb's end-of-run summary goes to the log
+                self._run.summary["status"] = status
+                self._run.finish(exit_code=0 if status in ("completed", "stopped") else 1)
         except Exception as e:  # noqa: BLE001
             log.warning("wandb finish failed (%s: %s); the run's own files are unaffected", type(e).__name__, e)
         self._run = None
@@ -122,9 +131,13 @@ class Tracker:
         log.warning("wandb %s failed (%s: %s); tracking is off for the rest of this run", what, type(e).__name__, e)
         run, self._run = self._run, None
         try:
-            run.finish(exit_code=1)
+            with self._quiet():
+                run.finish(exit_code=1)
         except Exception:  # noqa: BLE001 - already failing; nothing more to report
             pass
+
+    def _quiet(self):
+        return console.captured(self._log_path, "wandb") if self._log_path else contextlib.nullcontext()
 
     def __enter__(self) -> "Tracker":
         return self

@@ -82,7 +82,7 @@ def _validate_task(cfg) -> None:
         raise ValueError(f"task: cannot build task '{cfg.task.get('_target_')}': {e.__cause__ or e}") from e
     task.check()
     lp = cfg.loop
-    uses_labeler = any((n.get("op") or n["name"]) == "label" for n in lp.nodes)
+    uses_labeler = "label" in lp.steps
     if uses_labeler and lp.labeler == "annotator" and lp.annotator not in task.annotators():
         offered = list(task.annotators())
         raise ValueError(f"loop.labeler=annotator: task '{task.name}' has no simulated annotator '{lp.annotator}' "
@@ -100,7 +100,7 @@ def _validate_task(cfg) -> None:
 def _validate_loop(cfg) -> None:
     from .control.detectors import build_detectors
     from .control.rm_update_policy import RMUpdatePolicy
-    from .loop.runner import build_graph
+    from .loop.recipe import check_recipe
 
     _validate_task(cfg)
     lp = cfg.loop
@@ -115,16 +115,9 @@ def _validate_loop(cfg) -> None:
             lp.prompts_per_iteration, batch)
     if lp.iterations < 0:
         raise ValueError(f"loop.iterations={lp.iterations} must be >= 0")
-    if lp.nodes and lp.iterations == 0:
-        raise ValueError("loop.iterations=0 but the loop has iteration nodes; set loop.iterations >= 1")
     build_detectors([dict(d) for d in lp.detectors])
-    plain = {"loop": {"setup": [dict(s) for s in lp.setup], "nodes": [dict(n) for n in lp.nodes]}}
-    from omegaconf import OmegaConf
-
-    plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
-    graph = build_graph(plain)
-    graph.validate(max(1, lp.iterations))
-    if any((n.get("op") or n["name"]) == "rm_update" for n in plain["loop"]["nodes"]):
+    check_recipe(list(lp.setup), list(lp.steps), lp.iterations)
+    if "rm_update" in lp.steps:
         never = lp.rm_update_every is None and lp.rm_update_kl_threshold is None
         policy = RMUpdatePolicy(every=lp.rm_update_every, kl_threshold=lp.rm_update_kl_threshold,
                                 freeze=[tuple(w) for w in lp.rm_freeze], never=never)

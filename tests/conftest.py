@@ -74,3 +74,22 @@ def stage_cfg(name: str, **changes) -> dict:
     c = OmegaConf.to_container(cfg.stage[name], resolve=True)
     c.update(changes)
     return c
+
+
+def typed_cfg(*dotlist: str, task=None):
+    """A typed RunConfig (as the loop's steps get it) from the schema defaults plus `a.b=value` overrides."""
+    from omegaconf import OmegaConf
+
+    from rlhf_ops.config import ReviewsTaskConfig, RunConfig
+
+    base = OmegaConf.structured(RunConfig(run_dir="unused", task=task or ReviewsTaskConfig()))
+    return OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(list(dotlist))))
+
+
+def step_ctx(cfg, step: str, iteration: int, run_dir, state=None, step_dir=None):
+    from rlhf_ops.loop.recipe import StepContext
+    from rlhf_ops.loop.state import LoopState
+
+    d = step_dir or (run_dir / f"iter_{iteration:03d}" / step)
+    d.mkdir(parents=True, exist_ok=True)
+    return StepContext(cfg, state or LoopState(), iteration, step, run_dir, d)

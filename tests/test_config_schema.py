@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from conftest import REPO
 
 # The loop's graph and detectors are data the YAML declares; the schema has no default for them.
-DECLARED_IN_YAML = {"loop.setup", "loop.nodes", "loop.detectors", "run_dir"}
+DECLARED_IN_YAML = {"loop.detectors", "run_dir"}
 
 
 def _leaves(d: dict, pre: str = "") -> dict:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from ..artifacts import InputError
-from ..graph import StopLoop
+from ..artifacts import InputError, write_text_atomic
+from ..loop.errors import StopLoop
 from ..pairs import PAIR_COLUMNS, make_pair_id
 
 log = logging.getLogger(__name__)
@@ -100,9 +99,7 @@ class HumanQueueLabeler:
                 a, b = distinct[0], distinct[1]
                 rows.append({"pair_id": make_pair_id("human", iteration, checkpoint, row["prompt_id"], k, a, b),
                              "prompt": row["prompt"], "prompt_id": row["prompt_id"], "a": a, "b": b})
-            tmp = export.with_name(EXPORT + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-            os.replace(tmp, export)
+            write_text_atomic(export, "".join(json.dumps(r) + "\n" for r in rows))
         labels = queue / LABELS
         pending = [json.loads(line) for line in open(export, encoding="utf-8") if line.strip()]
         if not pending:

@@ -16,20 +16,21 @@ from pathlib import Path
 CANDIDATES = (("policy_update", "policy"), ("rm_update", "rm"))
 
 
-def referenced(state: dict) -> set[Path]:
-    refs = {state.get(k) for k in ("policy", "rm", "ref", "sft_policy", "candidate")}
-    lg = state.get("last_good") or {}
-    refs |= {lg.get("policy"), lg.get("rm")}
+def referenced(state) -> set[Path]:
+    refs = {state.policy, state.rm, state.ref, state.sft_policy, state.work.candidate}
+    if state.last_good:
+        refs |= {state.last_good.policy, state.last_good.rm}
     return {Path(p).resolve() for p in refs if p}
 
 
-def prune(ctx, cfg: dict) -> dict:
-    lp, run_dir = cfg["loop"], Path(ctx.run_dir)
-    keep_last, keep_accepted = lp["keep_last"], lp["keep_accepted"]
+def prune(ctx) -> None:
+    lp, run_dir = ctx.cfg.loop, Path(ctx.run_dir)
+    keep_last, keep_accepted = lp.keep_last, lp.keep_accepted
     if keep_last is None or keep_last < 0:
-        return {"_metrics": {"pruned": 0.0}}
+        ctx.metrics["pruned"] = 0.0
+        return
     refs = referenced(ctx.state)
-    accepted = {e["iteration"] for e in ctx.state.get("iterations_log", []) if e.get("status") == "accepted"}
+    accepted = {e["iteration"] for e in ctx.state.iterations_log if e.get("status") == "accepted"}
     for leftover in run_dir.glob("iter_*/*/*.pruning"):
         shutil.rmtree(leftover, ignore_errors=True)
     pruned, freed = 0, 0
@@ -49,4 +50,4 @@ def prune(ctx, cfg: dict) -> dict:
             shutil.rmtree(doomed)
             (it_dir / node / f"{sub}.PRUNED").write_text("pruned by retention (loop.keep_last)\n")
             pruned, freed = pruned + 1, freed + size
-    return {"_metrics": {"pruned": float(pruned), "pruned_mb": freed / 2**20}}
+    ctx.metrics.update({"pruned": float(pruned), "pruned_mb": freed / 2**20})

@@ -1,5 +1,6 @@
-"""Run (or resume) an experiment's loop: the graph declared in conf/loop/, the run lock, the
-ledger, the console lines, metrics.jsonl and summary.json.
+"""Run (or resume) an experiment's loop: the recipe in conf/loop/, the run lock, the ledger, the
+console lines; and the files derived from the ledger after every step (summary.json, metrics.jsonl,
+LATEST_GOOD), so the ledger stays the one record.
 
     python -m rlhf_ops +experiment=quickstart run_dir=runs/qs    # re-run the same to resume
 """
@@ -8,28 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..artifacts import write_json_atomic
-from ..faults import maybe_die
-from ..graph import Graph, GraphConfigError, Node, Runner, Schedule
+from .. import console
+from ..artifacts import write_json_atomic, write_text_atomic
 from ..ledger import Ledger
 from ..runlock import RunLock
 from ..tracking import Tracker, scrub_secrets
-from . import iteration_ops, retention, setup_ops
+from .recipe import SETUP, StepRunner
+from .state import LoopState
 
 log = logging.getLogger(__name__)
-
-OPS = {
-    "prepare": setup_ops.prepare, "sft": setup_ops.sft, "rm_warmup": setup_ops.rm_warmup,
-    "baseline": setup_ops.baseline, "ppo_once": setup_ops.ppo_once, "dpo_once": setup_ops.dpo_once,
-    "collect": iteration_ops.collect, "label": iteration_ops.label, "rm_update": iteration_ops.rm_update,
-    "policy_update": iteration_ops.policy_update, "evaluate": iteration_ops.evaluate, "gate": iteration_ops.gate,
-    "prune": retention.prune,
-}
 
 
 def plain_config(cfg: DictConfig) -> dict:
@@ -37,75 +31,64 @@ def plain_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
-def build_graph(cfg: dict) -> Graph:
-    nodes = []
-    for phase, specs in (("setup", cfg["loop"]["setup"]), ("iteration", cfg["loop"]["nodes"])):
-        for spec in specs:
-            op = spec.get("op") or spec["name"]
-            if op not in OPS:
-                raise GraphConfigError(f"loop node '{spec['name']}': unknown op '{op}' (known: {sorted(OPS)})")
-            sch = spec.get("schedule") or {}
-            schedule = Schedule(kind=sch.get("kind", "always"), every=sch.get("every", 1), offset=sch.get("offset", 0),
-                                freeze=[tuple(w) for w in sch.get("freeze", [])], trigger=sch.get("trigger"))
-            nodes.append(Node(spec["name"], fn=_with_faults(OPS[op], cfg), inputs=list(spec.get("inputs", [])),
-                              outputs=list(spec.get("outputs", [])), schedule=schedule, phase=phase))
-    return Graph(nodes)
+def _tag(ctx) -> str:
+    return "setup" if ctx.iteration == SETUP else f"iter {ctx.iteration:03d}"
 
 
-def _with_faults(op, cfg: dict):
-    def fn(ctx):
-        maybe_die(ctx.iteration, ctx.node, "before")
-        updates = op(ctx, cfg)
-        maybe_die(ctx.iteration, ctx.node, "after")
-        return updates
-
-    return fn
-
-
-def _console(ctx, updates: dict) -> None:
-    tag = "setup" if ctx.iteration < 0 else f"iter {ctx.iteration:03d}"
-    if ctx.node == "gate" and "iterations_log" in updates:
-        e = updates["iterations_log"][-1]
+def _console(ctx) -> None:
+    tag = _tag(ctx)
+    if ctx.step == "gate" and ctx.iteration_status:
+        e = ctx.iteration_status["summary"]
         why = "" if e["status"] == "accepted" else f" ({'; '.join(e['reasons'])}; remedy: {', '.join(e.get('remedies', [])) or 'none'})"
-        print(f"[{tag}] {e['status'].upper():11s} gold={_f(e['gold'])} proxy={_f(e['proxy'])} kl={_f(e['kl'])} "
-              f"len={_f(e['length'], 1)} beta={_f(e['beta'])} win={_f(e['win_rate'])}{why}", flush=True)
+        console.echo(f"[{tag}] {e['status'].upper():11s} gold={_f(e['gold'], none='n/a')} proxy={_f(e['proxy'])} "
+                     f"kl={_f(e['kl'])} len={_f(e['length'], 1)} beta={_f(e['beta'])} win={_f(e['win_rate'])}{why}")
     else:
-        m = updates.get("_metrics", {})
+        m = ctx.metrics
         keys = [k for k in ("gold", "proxy", "kl", "heldout_accuracy", "final_loss", "n_pairs", "rm_updated") if k in m]
-        print(f"[{tag}] {ctx.node} done " + " ".join(f"{k}={_f(m[k])}" for k in keys), flush=True)
+        console.echo(f"[{tag}] {ctx.step} done " + " ".join(f"{k}={_f(m[k])}" for k in keys))
 
 
-def _f(v, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+def step_log(run_dir: Path, ctx) -> Path:
+    """RUN_DIR/logs/<setup|iter_NNN>_<step>.log: outside the step dirs, which are fresh per attempt;
+    a retried step appends to its log."""
+    return run_dir / "logs" / f"{'setup' if ctx.iteration == SETUP else f'iter_{ctx.iteration:03d}'}_{ctx.step}.log"
 
 
-def _append_metrics(run_dir: Path, ctx, updates: dict) -> None:
-    m = updates.get("_metrics") or {}
-    if not m:
-        return
-    row = {"time": time.time(), "iteration": ctx.iteration, "node": ctx.node, **m}
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row, default=float) + "\n")
+def _f(v, digits: int = 3, none: str = "-") -> str:
+    return none if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def write_summary(run_dir: Path, cfg: dict, state: dict, ledger: Ledger, status: str) -> dict:
+def write_derived(run_dir: Path, cfg: dict, ledger: Ledger, status: str, stopped: str | None = None) -> dict:
+    """summary.json, metrics.jsonl and LATEST_GOOD, all from the ledger (its last committed state,
+    metrics and rollbacks): rewritten whole after every step, never appended to."""
+    last = ledger.last_completed()
+    state = LoopState.from_json(last[2]) if last else LoopState()
     stage_rows = ledger.stage_history()
-    last_good = state.get("last_good") or {}
+    good = state.last_good
     summary = {
         "name": cfg["name"], "loop": cfg["loop"]["name"], "status": status, "run_dir": str(run_dir),
-        "seed": cfg["seed"], "stopped_reason": state.get("_stopped"),
-        "baseline": state.get("baseline_eval"),
-        "iterations": state.get("iterations_log", []),
-        "n_rollbacks": state.get("n_rollbacks", 0),
+        "seed": cfg["seed"], "stopped_reason": stopped,
+        "baseline": state.baseline_eval,
+        "iterations": state.iterations_log,
+        "n_rollbacks": state.n_rollbacks,
         "rollbacks": ledger.rollbacks(),
-        "final": {"iteration": last_good.get("iteration"), "policy": last_good.get("policy") or state.get("policy"),
-                  "reward_model": last_good.get("rm") or state.get("rm"), "eval": last_good.get("eval"),
-                  "kl_state": state.get("kl_state")},
-        "stages": state.get("stage_meta", {}),
-        "outputs": {k: state[k] for k in ("sft_policy", "rm", "ppo_policy", "dpo_policy", "policy") if k in state},
+        "final": {"iteration": good.iteration if good else None, "policy": (good.policy if good else None) or state.policy or None,
+                  "reward_model": (good.rm if good else None) or state.rm, "eval": good.eval if good else None,
+                  "kl_state": state.kl_state or None},
+        "stages": state.stage_meta,
+        "outputs": {k: v for k, v in (("sft_policy", state.sft_policy), ("rm", state.rm), ("policy", state.policy),
+                                      *state.outputs.items()) if v},
         "wall_s": round(sum(r.get("wall_s") or 0 for r in stage_rows if r.get("status") == "done"), 2),
     }
     write_json_atomic(run_dir / "summary.json", summary)
+    rows: dict = defaultdict(dict)
+    for m in ledger.metrics():
+        rows[(m["iteration"], m["node"])].setdefault("time", m["created_at"])
+        rows[(m["iteration"], m["node"])][m["key"]] = m["value"]
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(
+        json.dumps({"time": r.pop("time"), "iteration": it, "node": node, **r}) + "\n" for (it, node), r in rows.items()))
+    if good:
+        write_json_atomic(run_dir / "LATEST_GOOD", asdict(good))
     return summary
 
 
@@ -113,28 +96,40 @@ def run_loop(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plain = plain_config(cfg)
-    graph = build_graph(plain)
+    typed = OmegaConf.to_object(cfg)  # the one conversion: every step reads these dataclasses
     with RunLock(run_dir), Ledger(run_dir) as ledger:
         diffs = ledger.check_config(plain, allow_changed=cfg.allow_config_change)
         for d in diffs:
             log.warning("resuming with a changed config: %s", d)
         run_id = ledger.start_run(plain)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(scrub_secrets(plain))))
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(scrub_secrets(plain))))
         tracker = Tracker.open(run_dir, plain, plain["tracking"]["wandb_mode"])
-        runner = Runner(graph, run_dir, ledger, plain["loop"]["iterations"], initial_state={},
-                        on_node_end=lambda ctx, up: (_append_metrics(run_dir, ctx, up), _console(ctx, up),
-                                                     tracker.log(ctx.iteration, ctx.node, up.get("_metrics") or {})))
+
+        def step_start(ctx) -> None:
+            # What the libraries print during a step goes to its log (rlhf_ops.console); the console gets
+            # one line per step, written once the step's output is restored.
+            console.begin(step_log(run_dir, ctx), f"{_tag(ctx)} {ctx.step}")
+
+        def step_end(ctx) -> None:
+            console.end()
+            write_derived(run_dir, plain, ledger, "running")
+            _console(ctx)
+            tracker.log(ctx.iteration, ctx.step, ctx.metrics)
+
+        runner = StepRunner(typed, run_dir, ledger, on_step_start=step_start, on_step_end=step_end)
         try:
-            state = runner.run()
+            _, stopped = runner.run()
+            console.end()  # a step that stopped the loop (StopLoop) is still open
         except BaseException:
+            console.end(failed=True)  # restores fds 1 and 2 (Ctrl-C too); keeps the log's path for the error
             ledger.end_run(run_id, "failed")
             tracker.close("failed")
             raise
-        status = "stopped" if state.get("_stopped") else "completed"
-        summary = write_summary(run_dir, plain, state, ledger, status)
+        status = "stopped" if stopped else "completed"
+        summary = write_derived(run_dir, plain, ledger, status, stopped)
         ledger.end_run(run_id, status)
         tracker.close(status)
     if status == "stopped":
-        print(f"rlhf_ops: paused: {state['_stopped']}", flush=True)
+        print(f"rlhf_ops: paused: {stopped}", flush=True)
     print(f"rlhf_ops: {status}; summary: {run_dir / 'summary.json'}", flush=True)
     return summary

@@ -73,12 +73,47 @@ def check_finite_loss(metrics: dict, stage: str) -> None:
 
 
 def quiet(trainer, spec: dict):
-    """Without progress output, also drop the trainer's per-step dict printing."""
-    if not spec.get("progress", True):
-        from transformers.trainer_callback import PrinterCallback
+    """The trainer's console output. Without progress bars the trainer prints its per-step dicts
+    instead: dropped on a console, kept in a step's log file (spec["log"], see rlhf_ops.console).
+    With progress on and a step log open in this process, a compact bar is drawn on the terminal."""
+    from transformers.trainer_callback import PrinterCallback
 
+    if not spec.get("progress", True) and not spec.get("log"):
         trainer.remove_callback(PrinterCallback)
+    if spec.get("progress", True):
+        bar = terminal_progress(spec["stage"])
+        if bar is not None:
+            trainer.add_callback(bar)
     return trainer
+
+
+def terminal_progress(desc: str):
+    """A trainer callback drawing one compact bar on the terminal saved by rlhf_ops.console while the
+    trainer's own bars go to the step's log; None without a step log or when the terminal is no TTY."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    from ..console import current_log, tqdm_kwargs
+
+    kwargs = tqdm_kwargs()
+    if current_log() is None or kwargs.get("disable"):
+        return None
+
+    class TerminalProgress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = tqdm(total=state.max_steps, desc=desc, leave=False, **kwargs)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    return TerminalProgress()
 
 
 def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:

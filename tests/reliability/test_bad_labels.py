@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from rlhf_ops.artifacts import InputError, write_table
-from rlhf_ops.graph import Context
 from rlhf_ops.labelers.human import read_labels
-from rlhf_ops.loop import iteration_ops
+from rlhf_ops.loop import iteration
+from rlhf_ops.loop.state import LoopState
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -80,33 +80,30 @@ def completions(tmp_path: Path, texts: list[str]) -> str:
     return str(write_table(df, tmp_path / "completions.parquet"))
 
 
-def label_ctx(tmp_path: Path, comp: str) -> Context:
-    stage = tmp_path / "iter_000" / "label"
-    stage.mkdir(parents=True)
-    return Context(0, "label", {"completions": comp, "rm": "unused", "policy": "policy"}, set(), tmp_path,
-                   stage, None, 0)
+def label_ctx(tmp_path: Path, comp: str, labeler: str):
+    from conftest import step_ctx, typed_cfg
 
-
-def loop_cfg(labeler: str) -> dict:
-    return {"seed": 0, "model": {"trust_remote_code": False},
-            "loop": {"labeler": labeler, "annotator": "careful", "human_labels_on_error": "error"}}
+    state = LoopState(rm="unused", policy="policy")
+    state.work.completions = comp
+    return step_ctx(typed_cfg(f"loop.labeler={labeler}"), "label", 0, tmp_path, state)
 
 
 @pytest.mark.parametrize("labeler", ["annotator", "human"])
 def test_all_empty_completions_give_zero_pairs(tmp_path, labeler):
     """All padding/EOS (empty after strip): nothing to label, no crash, no pause for a person."""
-    ctx = label_ctx(tmp_path, completions(tmp_path, ["", "   ", "\n", ""]))
-    out = iteration_ops.label(ctx, loop_cfg(labeler))
-    pairs = pd.read_parquet(out["pairs"])
-    assert len(pairs) == 0 and out["_metrics"]["n_pairs"] == 0
-    assert "pair_id" in pairs.columns and len(pd.read_parquet(out["store"])) == 0
+    ctx = label_ctx(tmp_path, completions(tmp_path, ["", "   ", "\n", ""]), labeler)
+    iteration.label(ctx)
+    pairs = pd.read_parquet(ctx.state.work.pairs)
+    assert len(pairs) == 0 and ctx.metrics["n_pairs"] == 0
+    assert "pair_id" in pairs.columns and len(pd.read_parquet(tmp_path / iteration.STORE)) == 0
 
 
 def test_empty_completions_are_skipped_and_the_rest_labelled(tmp_path):
     texts = ["The service was friendly and quick.", "", "", " ",
              "The staff were rude.", "The service was slow but kind."]
-    ctx = label_ctx(tmp_path, completions(tmp_path, texts))
-    pairs = pd.read_parquet(iteration_ops.label(ctx, loop_cfg("annotator"))["pairs"])
+    ctx = label_ctx(tmp_path, completions(tmp_path, texts), "annotator")
+    iteration.label(ctx)
+    pairs = pd.read_parquet(ctx.state.work.pairs)
     assert len(pairs) == 1 and pairs["prompt_id"].tolist() == ["p2"]
     assert "" not in set(pairs["chosen"]) | set(pairs["rejected"])
 

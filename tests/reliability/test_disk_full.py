@@ -94,15 +94,15 @@ def test_disk_full_while_writing_a_table_keeps_the_previous_table(tmp_path, monk
 def test_disk_full_while_writing_json_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "LATEST_GOOD"
     write_json_atomic(path, {"iteration": 0})
-    real_write_text = Path.write_text
+    real_write_bytes = Path.write_bytes  # what the one atomic writer of small files uses
 
     def full_disk(self, data, *a, **kw):
-        real_write_text(self, data[:5], *a, **kw)
+        real_write_bytes(self, data[:5], *a, **kw)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
-    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
     with pytest.raises(OSError, match="No space left on device"):
         write_json_atomic(path, {"iteration": 1})
-    monkeypatch.setattr(Path, "write_text", real_write_text)
+    monkeypatch.setattr(Path, "write_bytes", real_write_bytes)
     assert json.loads(path.read_text()) == {"iteration": 0}
     assert [p.name for p in tmp_path.iterdir()] == ["LATEST_GOOD"], "no .tmp left"

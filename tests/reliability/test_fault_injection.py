@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ops import faults
+from rlhf_ops.testing import faults
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -72,6 +72,8 @@ def test_fault_specs_parse_and_typos_are_refused():
 WRITER = """
 import pandas as pd
 from rlhf_ops.artifacts import write_table, write_json_atomic
+from rlhf_ops.testing import faults
+faults.install()  # as rlhf_ops.run does at start-up when RLHF_OPS_FAULT is set
 df = pd.DataFrame({"a": list(range(2000))})
 write_table(df, "t1.parquet")
 write_json_atomic("j2.json", {"x": list(range(2000))})

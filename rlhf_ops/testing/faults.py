@@ -1,4 +1,8 @@
-"""Fault injection for resume tests: die like `kill -9` at a chosen point.
+"""Fault injection for the resume tests: die like `kill -9` at a chosen point. Test support only:
+nothing in the production path calls it. `install()` (called once at start-up when one of the
+variables below is set, see rlhf_ops.run) adds its observers to the two generic hook lists,
+`rlhf_ops.artifacts.PUBLISH_HOOKS` (every atomic write, just before its rename) and
+`rlhf_ops.loop.recipe.STEP_HOOKS` (every loop step, before it starts and after its work).
 
     RLHF_OPS_FAULT="<iteration>:<node>:<point>"   e.g. "1:policy_update:after", "-1:sft:before"
     RLHF_OPS_FAULT="write:<n>"                    die in the n-th atomic write of this process,
@@ -10,17 +14,16 @@
     RLHF_OPS_FAULT_LOG=<file>                     append one line per atomic write: "<n>\\t<temporary path>"
                                                   (to list a run's write points; the n to use above)
 
-Node points: before (the node starts) | after (its work is done but not yet committed to the
-ledger); setup nodes have iteration -1. Atomic writes are `artifacts.write_table`,
-`write_json_atomic` and `atomic_dir` (checkpoints); each calls `maybe_die_write(tmp)` once, between
+Node points: before (the step starts) | after (its work is done but not yet committed to the
+ledger); setup steps have iteration -1. Atomic writes are `artifacts.write_table`,
+`write_json_atomic` and `atomic_dir` (checkpoints); each calls its publish hooks once, between
 "temporary complete" and the rename, inside the write's own error handling (so an injected ENOSPC is
 cleaned up like a real failed rename; a checkpoint replacing a finished one has already moved that
 one to `<name>.old` at this point). They are counted from 1 in every process, so "write:<n>" names
 the same write as line n of a RLHF_OPS_FAULT_LOG of an identical run.
 
 The process exits with os._exit(137): no cleanup, no finally blocks, no flushed buffers, exactly
-what a SIGKILL or a preempted machine leaves behind. Unset in normal runs: each hook is one
-environment lookup.
+what a SIGKILL or a preempted machine leaves behind.
 """
 
 from __future__ import annotations
@@ -66,13 +69,23 @@ def die() -> None:
     os._exit(EXIT_CODE)
 
 
-def maybe_die(iteration: int, node: str, point: str) -> None:
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    parsed = parse(spec)
-    if parsed[0] == "node" and parsed[1:] == (iteration, node, point):
-        die()
+def install() -> bool:
+    """Read the variables once and install the observers; False (nothing installed) when unset."""
+    spec, log_to = os.environ.get(ENV), os.environ.get(LOG_ENV)
+    if not spec and not log_to:
+        return False
+    from ..artifacts import PUBLISH_HOOKS
+    from ..loop.recipe import STEP_HOOKS
+
+    parsed = parse(spec) if spec else None  # a typo fails here, at start-up
+
+    def on_step(point: str, iteration: int, node: str) -> None:
+        if parsed and parsed[0] == "node" and parsed[1:] == (iteration, node, point):
+            die()
+
+    PUBLISH_HOOKS.append(maybe_die_write)
+    STEP_HOOKS.append(on_step)
+    return True
 
 
 def maybe_die_write(tmp: str | os.PathLike) -> None:

@@ -1,0 +1,248 @@
+"""One iteration of the online loop, a step per function: collect -> label -> rm_update ->
+policy_update -> evaluate -> gate (-> prune, in retention.py).
+
+Each step reads and changes `ctx.state` (rlhf_ops.loop.state.LoopState). The policy update writes a
+*candidate*; only the gate makes it the current policy, or restores the last good state and applies
+a remedy. A step that cannot go on raises AbandonIteration, and the gate rolls the iteration back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..control.detectors import Verdict, build_detectors
+from ..control.gate import Gate, GateDecision, apply_remedies
+from ..control.kl_controller import BetaSchedule, KLController, LRSchedule
+from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se
+from ..artifacts import write_table
+from ..generation import generate
+from ..labelers import make_labeler
+from ..labelers.reward_model import NonFiniteRewardError
+from ..pairs import with_gold
+from ..scoring import load_scorer, pair_correct
+from ..tasks import make_task
+from .common import evaluate_into, scalars, task_gold, train_stage
+from .errors import AbandonIteration, StopLoop
+from .state import LastGood
+
+log = logging.getLogger(__name__)
+STORE = "preferences/store.parquet"
+
+
+def collect(ctx) -> None:
+    """Prompts from the pool (a cursor that wraps), n completions each from the current policy."""
+    cfg, s = ctx.cfg, ctx.state
+    lp, ppo = cfg.loop, cfg.stage.ppo
+    if lp.max_rollbacks is not None and s.n_rollbacks >= lp.max_rollbacks:
+        # Rollback after rollback means the remedies are not working: stop for a person to look.
+        raise StopLoop(f"{s.n_rollbacks} rollbacks reached loop.max_rollbacks={lp.max_rollbacks}; look at "
+                       "summary.json's iterations, change the config (allow_config_change=true) and re-run")
+    pool = pd.read_parquet(s.data["prompts_train"])
+    n = lp.prompts_per_iteration
+    rows = pool.iloc[[(s.cursor + i) % len(pool) for i in range(n)]].reset_index(drop=True)
+    out = generate(s.policy, rows["prompt"].tolist(), lp.completions_per_prompt, max_new_tokens=ppo.response_length,
+                   temperature=ppo.temperature, seed=cfg.seed * 100003 + ctx.iteration, progress=cfg.progress,
+                   trust_remote_code=cfg.model.trust_remote_code)
+    df = pd.DataFrame({"prompt": out.prompts, "prompt_id": rows["prompt_id"].iloc[out.prompt_index].tolist(),
+                       "completion": out.completions, "n_tokens": out.n_tokens, "ended": out.ended,
+                       "iteration": ctx.iteration, "policy_checkpoint": s.policy})
+    df["empty"] = df["completion"].str.strip() == ""
+    n_empty = int(df["empty"].sum())
+    if n_empty:
+        log.warning("iteration %d: %d of %d completions are empty (all padding or EOS); they are not labelled",
+                    ctx.iteration, n_empty, len(df))
+    s.work.completions = str(write_table(df, ctx.dir / "completions.parquet"))
+    s.work.prompts = str(write_table(rows, ctx.dir / "prompts.parquet"))
+    s.cursor = (s.cursor + n) % len(pool)
+    ctx.metrics.update({"n_completions": len(df), "n_empty": n_empty, "eos_rate": float(df["ended"].mean()),
+                        "mean_tokens": float(df["n_tokens"].mean())})
+
+
+def label(ctx) -> None:
+    """The labeler turns the completions into preference pairs; they join the run's pair store."""
+    cfg, s = ctx.cfg, ctx.state
+    lp = cfg.loop
+    df = pd.read_parquet(s.work.completions)
+    df = df[~df["empty"]]
+    prompt_rows, candidates = [], []
+    for pid, group in df.groupby("prompt_id", sort=False):
+        prompt_rows.append({"prompt": group["prompt"].iloc[0], "prompt_id": pid})
+        candidates.append(group["completion"].tolist())
+    labeler = make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
+                           reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
+    if lp.labeler == "human":
+        labeler.on_error = lp.human_labels_on_error
+    try:
+        pairs = labeler.label(prompt_rows, candidates, iteration=ctx.iteration, checkpoint=s.policy,
+                              work_dir=ctx.run_dir / "human_queue" / f"iter_{ctx.iteration:03d}")
+    except NonFiniteRewardError as e:  # never trained on: the gate rolls the iteration back
+        raise AbandonIteration(f"labeler: {e}", remedies=("refresh_rm", "lower_lr"),
+                               metrics={"n_pairs": 0, "nonfinite_rewards": 1.0}) from e
+    gold = task_gold(ctx)
+    pairs = with_gold(pairs, gold)
+    s.work.pairs = str(write_table(pairs, ctx.dir / "pairs.parquet"))
+    store = ctx.run_dir / STORE
+    old = pd.read_parquet(store) if store.exists() else pairs.iloc[:0]
+    # Dedupe by pair_id: a crash between this write and the ledger commit must not double the pairs.
+    merged = pd.concat([old, pairs]).drop_duplicates("pair_id", keep="last").reset_index(drop=True)
+    write_table(merged, store)
+    ctx.metrics.update({"n_pairs": len(pairs), "store_size": len(merged)})
+    if gold is not None and len(pairs):
+        ctx.metrics["label_gold_agreement"] = float(np.mean(pairs["gold_chosen"] > pairs["gold_rejected"]))
+
+
+def rm_update(ctx) -> None:
+    """Refresh the RM when its schedule says so: continue from it on fresh + replayed pairs, and keep
+    the old one unless the new one is at least as accurate on held-out fresh pairs (within noise)."""
+    cfg, s = ctx.cfg, ctx.state
+    lp = cfg.loop
+    policy = RMUpdatePolicy.from_state_dict(s.rm_policy_state)
+    kl_now = float(s.history[-1].get("kl", 0.0))
+    first = s.rm is None  # no warm-up: the first labels train the first reward model
+    due, reason = policy.should_update(ctx.iteration, policy.kl_since_last(kl_now), forced=s.force_rm_refresh or first)
+    if first:
+        reason = "first reward model (no warm-up)"
+    fresh = pd.read_parquet(s.work.pairs)
+    if not due or len(fresh) < 4:
+        s.work.rm_update_reason = reason if not due else f"due ({reason}) but too few fresh pairs ({len(fresh)})"
+        ctx.metrics["rm_updated"] = 0.0
+        return
+    rng = np.random.default_rng(cfg.seed * 31 + ctx.iteration)
+    idx = rng.permutation(len(fresh))
+    n_val = max(2, int(round(len(fresh) * lp.rm_heldout_fraction)))
+    val, train = fresh.iloc[idx[:n_val]], fresh.iloc[idx[n_val:]]
+    store = pd.read_parquet(ctx.run_dir / STORE)
+    old = store[~store["pair_id"].isin(fresh["pair_id"])]
+    ratio = lp.rm_replay_ratio
+    n_replay = min(len(old), int(round(len(train) * ratio / max(1e-9, 1 - ratio)))) if ratio > 0 else 0
+    replay = old.iloc[rng.choice(len(old), n_replay, replace=False)] if n_replay else old.iloc[:0]
+    mix = write_table(pd.concat([train, replay]).reset_index(drop=True), ctx.dir / "train_mix.parquet")
+    val_path = write_table(val.reset_index(drop=True), ctx.dir / "fresh_val.parquet")
+
+    def judged(rm_path: str) -> np.ndarray:  # per held-out pair: does this RM rank it like the labeler?
+        model, tok = load_scorer(rm_path, cfg.model.trust_remote_code)
+        return pair_correct(model, tok, val["prompt"], val["chosen"], val["rejected"])
+
+    out = ctx.dir / "rm"
+    init = (s.init_rm or s.sft_policy) if first else s.rm
+    train_stage(ctx, "reward", inputs={"reward_model": init, "data": str(mix)}, output=out,
+                extra={"heldout": str(val_path)})
+    new_ok = judged(str(out))
+    new_acc = float(np.mean(new_ok))
+    if first:
+        old_acc, se, keep_new, why = float("nan"), float("nan"), True, "no previous reward model to compare with"
+    else:
+        old_ok = judged(s.rm)
+        old_acc, se = float(np.mean(old_ok)), paired_accuracy_se(old_ok, new_ok)
+        keep_new, why = accept_new_rm(old_acc, new_acc, lp.rm_accuracy_tolerance, se, lp.rm_accuracy_z)
+    policy.mark_updated(ctx.iteration, kl_now)
+    s.rm = ctx.artifact("reward_model", out) if keep_new else s.rm
+    s.rm_policy_state, s.force_rm_refresh = policy.state_dict(), False
+    s.work.rm_update_reason = f"{reason}; {why}"
+    ctx.metrics.update({"rm_updated": 1.0, "rm_kept_new": float(keep_new), "rm_old_accuracy": old_acc,
+                        "rm_new_accuracy": new_acc, "rm_accuracy_se": se, "rm_train_pairs": len(train),
+                        "rm_replay_pairs": n_replay})
+
+
+def policy_update(ctx) -> None:
+    """PPO against the RM with beta from the KL controller, or DPO on the pairs: a candidate policy."""
+    cfg, s = ctx.cfg, ctx.state
+    lp, n_iter = cfg.loop, max(1, cfg.loop.iterations)
+    kl = KLController.from_state_dict(s.kl_state)
+    # loop.kl.beta (through the controller and its schedule) is PPO's kl_coef and DPO's beta.
+    beta = BetaSchedule(lp.kl.schedule, lp.kl.start_mult, lp.kl.end_mult, n_iter).effective_beta(kl, ctx.iteration)
+    lr_scale = s.lr_scale * LRSchedule(lp.lr_schedule, 1.0, lp.lr_end_mult, n_iter).lr_multiplier(ctx.iteration)
+    s.work.beta, s.work.lr_scale = beta, lr_scale
+    out, extra = ctx.dir / "policy", {"beta": beta, "lr_scale": lr_scale}
+    try:
+        if lp.policy_update == "ppo":
+            if s.rm is None:
+                raise AbandonIteration(f"no reward model yet: iteration {ctx.iteration} gave too few labelled "
+                                       "pairs to train the first one", metrics={"skipped": 1.0})
+            extra.update(ensemble_reduce=lp.ensemble_reduce, ensemble_lambda=lp.ensemble_lambda)
+            meta = train_stage(ctx, "ppo", inputs={"policy": s.policy, "ref": s.ref, "reward_model": s.rm,
+                               "data": s.work.prompts}, output=out, extra=extra)
+        else:
+            data = s.data["offline_pairs"] if lp.dpo_data == "offline" else s.work.pairs
+            meta = train_stage(ctx, "dpo", inputs={"policy": s.policy, "ref": s.ref, "data": data}, output=out,
+                               extra=extra)
+    except FloatingPointError as e:
+        raise AbandonIteration(f"policy update diverged: {e}", metrics={"diverged": 1.0}) from e
+    s.work.candidate = ctx.artifact("checkpoint", out)
+    ctx.metrics.update({**scalars(meta["metrics"]), "beta": beta, "lr_scale": lr_scale, "wall_s": meta["wall_s"]})
+
+
+def evaluate(ctx) -> None:
+    """The candidate on the frozen evaluation prompts (the last good samples re-scored by the current RM)."""
+    s = ctx.state
+    s.work.eval, s.work.eval_samples = evaluate_into(ctx, s.work.candidate, s.rm, baseline_samples=s.last_good.samples,
+                                                     fresh_pairs=s.work.pairs or None)
+    ctx.metrics.update(scalars(s.work.eval))
+
+
+def gate(ctx) -> None:
+    """Detectors vote and the candidate must not lose head-to-head; accept it, or roll back and remedy."""
+    cfg, s = ctx.cfg, ctx.state
+    lp, w, last_good = cfg.loop, s.work, s.last_good
+    if w.abandoned:
+        current = {"iteration": ctx.iteration, "abandoned": w.abandoned}
+        decision = GateDecision(False, [f"abandoned: {w.abandoned}"],
+                                [Verdict("abandoned", True, w.abandoned, w.abandon_remedies[0])], w.abandon_remedies)
+    else:
+        current = dict(w.eval)
+        baseline = dict(last_good.eval)
+        if "baseline_proxy" in current:
+            baseline["proxy"] = current["baseline_proxy"]
+        gate_ = Gate(build_detectors([dict(d) for d in lp.detectors]), min_win_rate=lp.min_win_rate,
+                     vote=_vote(lp.gate_vote))
+        decision = gate_.decide(current, baseline, s.history)
+    skipped = [f"{v.name} ({v.reason})" for v in decision.verdicts if v.skipped]
+    if lp.min_win_rate is not None and current.get("win_rate") is None and not w.abandoned:
+        skipped.append("head-to-head (no win rate: the task has no gold to judge it)")
+    previous = s.iterations_log[-1].get("skipped_checks") if s.iterations_log else None
+    if skipped and skipped != previous:
+        log.warning("gate: skipped checks: %s", "; ".join(skipped))
+    entry = {"iteration": ctx.iteration, "gold": current.get("gold"), "proxy": current.get("proxy"),
+             "kl": current.get("kl"), "length": current.get("length"), "entropy": current.get("entropy"),
+             "win_rate": current.get("win_rate"), "beta": w.beta, "lr_scale": w.lr_scale,
+             "rm_update": w.rm_update_reason, "policy": w.candidate, "skipped_checks": skipped}
+    if decision.accepted:
+        kl = KLController.from_state_dict(s.kl_state)
+        if math.isfinite(current.get("kl", float("nan"))):
+            kl.update(current["kl"], cfg.stage.ppo.total_episodes)
+        s.policy, s.kl_state = w.candidate, kl.state_dict()
+        s.last_good = LastGood(iteration=ctx.iteration, policy=w.candidate, rm=s.rm, kl_state=s.kl_state,
+                               rm_policy_state=s.rm_policy_state, cursor=s.cursor, lr_scale=s.lr_scale,
+                               eval=current, samples=w.eval_samples)
+        s.history.append(current)
+        entry.update(status="accepted", reasons=decision.reasons)
+        ctx.metrics["accepted"] = 1.0
+    else:
+        # Roll back: policy, RM, controller states and data cursor of the last good state, then remedy.
+        s.restore(last_good)
+        kl = KLController.from_state_dict(last_good.kl_state)
+        s.lr_scale, force_rm, applied = apply_remedies(decision.remedies, kl, last_good.lr_scale,
+                                                       beta_factor=lp.beta_remedy_factor, lr_factor=lp.lr_remedy_factor)
+        if "raise_beta" in decision.remedies and kl.beta < lp.kl.remedy_min_beta:
+            floor = kl.state_dict()
+            floor["beta"] = lp.kl.remedy_min_beta
+            kl.load_state_dict(floor)
+            applied = sorted(set(applied) | {"raise_beta"})
+        s.kl_state, s.force_rm_refresh, s.n_rollbacks = kl.state_dict(), force_rm, s.n_rollbacks + 1
+        fired = [v.name for v in decision.fired] or ["head_to_head"]
+        entry.update(status="rolled_back", reasons=decision.reasons, remedies=applied,
+                     restored_iteration=last_good.iteration)
+        ctx.rollbacks.append({"detector": ",".join(fired), "reason": "; ".join(decision.reasons),
+                              "restored_iteration": last_good.iteration, "remedy": ",".join(applied) or "none"})
+        ctx.metrics["accepted"] = 0.0
+    s.iterations_log.append(entry)
+    ctx.iteration_status = {"status": entry["status"], "summary": entry}
+
+
+def _vote(v: str):
+    return int(v) if str(v).isdigit() else v
+
