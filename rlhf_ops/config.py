@@ -8,6 +8,7 @@ an unknown key or a wrong type fails at start-up (see `rlhf_ops.cli`), before an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -15,6 +16,59 @@ from omegaconf import MISSING
 from hydra.core.config_store import ConfigStore
 
 MISSING_PATH = ""  # an unset path: stages fill it from the loop state or fail naming the key
+
+
+class Choice(StrEnum):
+    """A config choice: the YAML value is the member's name (and value); compares equal to it as a string."""
+
+
+class Job(Choice):
+    loop = "loop"; sft = "sft"; reward = "reward"; ppo = "ppo"; dpo = "dpo"  # noqa: E702
+
+
+class PolicyUpdate(Choice):
+    ppo = "ppo"; dpo = "dpo"  # noqa: E702
+
+
+class Labeler(Choice):
+    annotator = "annotator"; reward_model = "reward_model"; human = "human"  # noqa: E702
+
+
+class EnsembleReduce(Choice):
+    mean = "mean"; min = "min"; uncertainty = "uncertainty"  # noqa: E702
+
+
+class KLControllerKind(Choice):
+    fixed = "fixed"; adaptive = "adaptive"  # noqa: E702
+
+
+class Schedule(Choice):
+    constant = "constant"; linear = "linear"; cosine = "cosine"  # noqa: E702
+
+
+class DPOData(Choice):
+    fresh = "fresh"; offline = "offline"  # noqa: E702
+
+
+class OnError(Choice):
+    error = "error"; skip = "skip"  # noqa: E702
+
+
+class RewardInit(Choice):
+    policy = "policy"; scratch = "scratch"  # noqa: E702
+
+
+class MixedPrecision(Choice):
+    no = "no"; bf16 = "bf16"; fp16 = "fp16"  # noqa: E702
+
+
+class WandbMode(Choice):
+    offline = "offline"; online = "online"; disabled = "disabled"  # noqa: E702
+
+
+class KLEstimator(Choice):
+    k1 = "k1"; k3 = "k3"  # noqa: E702
+
 
 
 @dataclass
@@ -32,7 +86,7 @@ class ModelConfig:
     vocab_size: int = 1024
     # Where the reward model starts: policy (the SFT policy's backbone + a fresh head, usual) or
     # scratch (a fresh tiny model of the reward_* shape, e.g. a deliberately weak RM).
-    reward_init: str = "policy"
+    reward_init: RewardInit = RewardInit.policy
     # Reward/value models: their own (often smaller) shape; 0 = same as the policy's.
     reward_hidden_size: int = 0
     reward_num_layers: int = 0
@@ -130,7 +184,7 @@ class PPOStageConfig:
     temperature: float = 0.7
     # Penalty added to the score of a response with no EOS (null = none).
     missing_eos_penalty: Optional[float] = 1.0
-    kl_estimator: str = "k1"
+    kl_estimator: KLEstimator = KLEstimator.k1
     cliprange: float = 0.2
     vf_coef: float = 0.1
     whiten_rewards: bool = False
@@ -165,7 +219,7 @@ class LauncherConfig:
     num_processes: int = 1
     # Path to a DeepSpeed JSON (relative paths resolve against the repo's conf/ folder); empty = none.
     deepspeed: str = ""
-    mixed_precision: str = "no"
+    mixed_precision: MixedPrecision = MixedPrecision.no
     # Extra `accelerate launch` arguments, e.g. ["--main_process_port", "29511"].
     extra_args: list[str] = field(default_factory=list)
     # Seconds before a launched stage is killed (0 = no limit).
@@ -187,7 +241,7 @@ class IOConfig:
 @dataclass
 class KLConfig:
     # fixed | adaptive (the proportional controller of Ziegler et al. 2019)
-    controller: str = "fixed"
+    controller: KLControllerKind = KLControllerKind.fixed
     beta: float = 0.05
     target: float = 2.0
     horizon: int = 1000
@@ -197,7 +251,7 @@ class KLConfig:
     # When the raise_beta remedy fires, beta becomes at least this (x2 of zero is still zero).
     remedy_min_beta: float = 0.02
     # Beta multiplier over iterations: constant | linear | cosine from start_mult to end_mult.
-    schedule: str = "constant"
+    schedule: Schedule = Schedule.constant
     start_mult: float = 1.0
     end_mult: float = 1.0
 
@@ -215,16 +269,16 @@ class LoopConfig:
     prompts_per_iteration: int = 64
     completions_per_prompt: int = 2
     # Policy update: ppo | dpo
-    policy_update: str = "ppo"
+    policy_update: PolicyUpdate = PolicyUpdate.ppo
     # DPO's pairs: fresh (this iteration's labels: iterative DPO) | offline (the fixed warm-up set)
-    dpo_data: str = "fresh"
+    dpo_data: DPOData = DPOData.fresh
     # Gold evaluation: completions per frozen gold-eval prompt; temperature (null = PPO's).
     eval_samples_per_prompt: int = 2
     eval_temperature: Optional[float] = None
     # What to do with malformed rows of an imported human-label file: error | skip
-    human_labels_on_error: str = "error"
+    human_labels_on_error: OnError = OnError.error
     # Labeler of fresh completions: annotator | reward_model | human
-    labeler: str = "annotator"
+    labeler: Labeler = Labeler.annotator
     annotator: str = "careful"
     # RM update schedule: every N iterations (null = never by count), on KL since last update.
     rm_update_every: Optional[int] = 1
@@ -239,11 +293,11 @@ class LoopConfig:
     rm_accuracy_tolerance: float = 0.02
     rm_accuracy_z: float = 1.645
     # How PPO combines an RM ensemble: mean | min | uncertainty
-    ensemble_reduce: str = "mean"
+    ensemble_reduce: EnsembleReduce = EnsembleReduce.mean
     ensemble_lambda: float = 1.0
     kl: KLConfig = field(default_factory=KLConfig)
     # Learning-rate multiplier over iterations.
-    lr_schedule: str = "constant"
+    lr_schedule: Schedule = Schedule.constant
     lr_end_mult: float = 1.0
     # Gate: detectors (list of dicts, see rlhf_ops.control.detectors) and the head-to-head rule.
     detectors: list[Any] = field(default_factory=list)
@@ -262,7 +316,7 @@ class LoopConfig:
 @dataclass
 class TrackingConfig:
     # wandb mode: offline (no account needed) | online | disabled
-    wandb_mode: str = "offline"
+    wandb_mode: WandbMode = WandbMode.offline
     project: str = "rlhf_ops"
     group: str = ""
 
@@ -270,7 +324,7 @@ class TrackingConfig:
 @dataclass
 class RunConfig:
     # What to run: loop | sft | reward | ppo | dpo | build_models
-    job: str = "loop"
+    job: Job = Job.loop
     # Experiment name (set by conf/experiment/*.yaml).
     name: str = "default"
     # The run directory: ledger + artifacts; re-running on the same run_dir resumes.

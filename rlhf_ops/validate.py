@@ -7,37 +7,83 @@ from __future__ import annotations
 
 from pathlib import Path
 
-JOBS = ("loop", "sft", "reward", "ppo", "dpo")
-CHOICES = {
-    "loop.policy_update": ("ppo", "dpo"),
-    "loop.labeler": ("annotator", "reward_model", "human"),
-    "loop.ensemble_reduce": ("mean", "min", "uncertainty"),
-    "loop.kl.controller": ("fixed", "adaptive"),
-    "loop.kl.schedule": ("constant", "linear", "cosine"),
-    "loop.lr_schedule": ("constant", "linear", "cosine"),
-    "loop.dpo_data": ("fresh", "offline"),
-    "loop.human_labels_on_error": ("error", "skip"),
-    "model.reward_init": ("policy", "scratch"),
-    "launcher.mixed_precision": ("no", "bf16", "fp16"),
-    "tracking.wandb_mode": ("offline", "online", "disabled"),
-    "stage.ppo.kl_estimator": ("k1", "k3"),
-}
+import math
 
 
-def _get(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+def _check(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value} {rule}")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ranges(cfg) -> None:
+    """Values every job needs in range; a NaN or a negative learning rate never reaches a trainer."""
+    _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    for name in ("sft", "reward", "ppo", "dpo"):
+        st = cfg.stage[name]
+        _check(_finite(st.learning_rate) and st.learning_rate > 0, f"stage.{name}.learning_rate", st.learning_rate,
+               "must be a finite number > 0")
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            _check(st[key] >= 1, f"stage.{name}.{key}", st[key], "must be >= 1")
+        if "num_train_epochs" in st:
+            _check(_finite(st.num_train_epochs) and (st.num_train_epochs > 0 or st.max_steps > 0),
+                   f"stage.{name}.num_train_epochs", st.num_train_epochs, "must be > 0 (or set max_steps > 0)")
+        if "max_length" in st:
+            _check(st.max_length >= 2, f"stage.{name}.max_length", st.max_length, "must be >= 2")
+    ppo = cfg.stage.ppo
+    _check(ppo.response_length >= 1, "stage.ppo.response_length", ppo.response_length, "must be >= 1")
+    _check(_finite(ppo.temperature) and ppo.temperature > 0, "stage.ppo.temperature", ppo.temperature,
+           "must be > 0 (sampling; PPO's KL and entropy need a tempered distribution)")
+    _check(_finite(cfg.stage.dpo.beta) and cfg.stage.dpo.beta > 0, "stage.dpo.beta", cfg.stage.dpo.beta, "must be > 0")
+    _check(0 <= cfg.stage.reward.eval_fraction < 1, "stage.reward.eval_fraction", cfg.stage.reward.eval_fraction,
+           "must be in [0, 1)")
+
+
+def _loop_ranges(cfg) -> None:
+    lp, kl = cfg.loop, cfg.loop.kl
+    for key in ("prompts_per_iteration", "eval_samples_per_prompt"):
+        _check(lp[key] >= 1, f"loop.{key}", lp[key], "must be >= 1")
+    _check(lp.completions_per_prompt >= 1, "loop.completions_per_prompt", lp.completions_per_prompt, "must be >= 1")
+    if "label" in lp.steps and lp.completions_per_prompt < 2:
+        raise ValueError(f"loop.completions_per_prompt={lp.completions_per_prompt}: a labeler compares completions "
+                         "of one prompt, so it needs >= 2 (with 1 every iteration gives zero pairs)")
+    _check(_finite(kl.beta) and kl.beta >= 0, "loop.kl.beta", kl.beta, "must be a finite number >= 0")
+    _check(_finite(kl.max_beta) and kl.max_beta >= kl.beta, "loop.kl.max_beta", kl.max_beta,
+           f"must be >= loop.kl.beta ({kl.beta})")
+    if kl.controller == "adaptive":
+        _check(_finite(kl.target) and kl.target > 0, "loop.kl.target", kl.target, "must be > 0 (the adaptive controller's KL target)")
+        _check(kl.horizon >= 1, "loop.kl.horizon", kl.horizon, "must be >= 1")
+        _check(0 <= kl.min_beta <= kl.beta, "loop.kl.min_beta", kl.min_beta, f"must be in [0, loop.kl.beta={kl.beta}]")
+    for key in ("start_mult", "end_mult"):
+        _check(_finite(kl[key]) and kl[key] >= 0, f"loop.kl.{key}", kl[key], "must be >= 0")
+    t = lp.eval_temperature
+    if t is not None:
+        _check(_finite(t) and t > 0, "loop.eval_temperature", t,
+               "must be > 0 (at 0 the KL and entropy the detectors read are meaningless); null = PPO's")
+    if lp.min_win_rate is not None:
+        _check(0 <= lp.min_win_rate <= 1, "loop.min_win_rate", lp.min_win_rate, "must be in [0, 1] or null")
+    for key in ("beta_remedy_factor",):
+        _check(_finite(lp[key]) and lp[key] >= 1, f"loop.{key}", lp[key], "must be >= 1 (it raises beta)")
+    _check(_finite(lp.lr_remedy_factor) and 0 < lp.lr_remedy_factor <= 1, "loop.lr_remedy_factor",
+           lp.lr_remedy_factor, "must be in (0, 1] (it lowers the learning rate)")
+    _check(0 < lp.rm_heldout_fraction < 1, "loop.rm_heldout_fraction", lp.rm_heldout_fraction, "must be in (0, 1)")
+    if lp.max_rollbacks is not None:
+        _check(lp.max_rollbacks >= 1, "loop.max_rollbacks", lp.max_rollbacks, "must be >= 1 or null")
+    vote = str(lp.gate_vote)
+    n_detectors = len({d["name"] for d in lp.detectors} | {"non_finite"})  # non_finite is always on
+    if vote.isdigit():
+        _check(1 <= int(vote) <= n_detectors, "loop.gate_vote", vote,
+               f"must be between 1 and the number of detectors ({n_detectors}, non_finite included): "
+               "a larger vote can never reject")
+    else:
+        _check(vote in ("any", "majority"), "loop.gate_vote", vote, "must be any, majority or a count")
 
 
 def validate_config(cfg) -> None:
-    if cfg.job not in JOBS:
-        raise ValueError(f"job: '{cfg.job}' is not one of {JOBS}")
-    for key, allowed in CHOICES.items():
-        v = _get(cfg, key)
-        if v not in allowed:
-            raise ValueError(f"{key}: '{v}' is not one of {allowed}")
+    _ranges(cfg)
     ppo = cfg.stage.ppo
     batch = ppo.per_device_train_batch_size * ppo.gradient_accumulation_steps
     if batch % ppo.num_mini_batches:
@@ -103,6 +149,7 @@ def _validate_loop(cfg) -> None:
     from .loop.recipe import check_recipe
 
     _validate_task(cfg)
+    _loop_ranges(cfg)
     lp = cfg.loop
     ppo = cfg.stage.ppo
     batch = ppo.per_device_train_batch_size * ppo.gradient_accumulation_steps * max(1, cfg.launcher.num_processes)
