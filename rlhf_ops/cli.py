@@ -91,7 +91,9 @@ def one_line(exc: BaseException) -> str:
             msg = str(e).splitlines()[0]
             kind = type(e).__name__
             if kind in ("ConfigKeyError", "ConfigAttributeError") or "not in struct" in msg:
-                return f"unknown config key '{e.full_key}' ({msg})"
+                hint = (f"; a TRL field not in the schema is added with a +: +{e.full_key}=VALUE"
+                        if ".trl." in str(e.full_key) else "")
+                return f"unknown config key '{e.full_key}' ({msg}){hint}"
             return f"bad value for '{e.full_key}': {msg}"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     first = lines[0] if lines else type(exc).__name__

@@ -150,6 +150,9 @@ class SFTStageConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.0
     logging_steps: int = 10
+    # Any other field of TRL's SFTConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
+    # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).
+    trl: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,6 +171,9 @@ class RewardStageConfig:
     # Centre rewards around zero (TRL's center_rewards_coefficient).
     center_rewards_coefficient: Optional[float] = 0.01
     logging_steps: int = 10
+    # Any other field of TRL's RewardConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
+    # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).
+    trl: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,6 +196,9 @@ class PPOStageConfig:
     whiten_rewards: bool = False
     local_rollout_forward_batch_size: int = 64
     logging_steps: int = 1
+    # Any other field of TRL's trl.experimental.ppo.PPOConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
+    # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).
+    trl: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +212,9 @@ class DPOStageConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 128
     logging_steps: int = 10
+    # Any other field of TRL's DPOConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
+    # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).
+    trl: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

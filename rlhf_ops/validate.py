@@ -84,6 +84,12 @@ def _loop_ranges(cfg) -> None:
 
 def validate_config(cfg) -> None:
     _ranges(cfg)
+    from omegaconf import OmegaConf
+
+    from .stages import trl_args
+
+    for name in ("sft", "reward", "ppo", "dpo"):  # every stage key is TRL's or ours, by name
+        trl_args.check(name, OmegaConf.to_container(cfg.stage[name], resolve=True))
     ppo = cfg.stage.ppo
     batch = ppo.per_device_train_batch_size * ppo.gradient_accumulation_steps
     if batch % ppo.num_mini_batches:

@@ -67,3 +67,17 @@ def test_cli_exits_2_with_one_line_before_any_work(tmp_path):
     assert lines == ["rlhf_ops: config error: unknown config key 'model.hiden_size' "
                      "(Key 'hiden_size' not in 'ModelConfig')"], p.stderr
     assert not (tmp_path / "r").exists(), "nothing may be created before the config is valid"
+
+
+def test_stage_keys_pass_through_to_trl_by_name():
+    """Any TRL field can be set through stage.<name>.trl; a name TRL's class lacks fails at start-up."""
+    from rlhf_ops.stages.trl_args import trl_kwargs
+
+    assert precheck(["+experiment=quickstart", "+stage.sft.trl.max_grad_norm=0.5"]) is None
+    err = precheck(["+experiment=quickstart", "+stage.ppo.trl.max_grad_nrm=0.5"])
+    assert err == "stage.ppo.trl.max_grad_nrm: PPOConfig (TRL 1.12.0) has no field 'max_grad_nrm'"
+    err = precheck(["+experiment=quickstart", "stage.dpo.trl.max_grad_norm=0.5"])
+    assert "add" in err and "+stage.dpo.trl.max_grad_norm=VALUE" in err
+    kw = trl_kwargs("reward", {"learning_rate": 1e-3, "ensemble_size": 3, "trl": {"max_grad_norm": 0.5}},
+                    learning_rate=5e-4)
+    assert kw == {"learning_rate": 5e-4, "max_grad_norm": 0.5}, "ours stay ours; the orchestrator's values win"

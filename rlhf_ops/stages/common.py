@@ -26,7 +26,9 @@ def is_main_process() -> bool:
 
 
 def trainer_kwargs(spec: dict, cfg: dict) -> dict:
-    """Arguments common to every TRL config; checkpoints are ours to write, so the trainer saves none."""
+    """What the orchestrator decides for every TRL config, on top of the stage's own fields (passed
+    by name: rlhf_ops.stages.trl_args): where it writes (checkpoints are ours to write, so the trainer
+    saves none), the seed, precision, the device, and the loop's learning-rate scale."""
     mp = spec.get("mixed_precision", "no")
     kw = dict(
         output_dir=str(Path(spec["tmp_dir"]) / "_trainer"),
@@ -34,15 +36,12 @@ def trainer_kwargs(spec: dict, cfg: dict) -> dict:
         data_seed=spec["seed"],
         report_to=[],
         save_strategy="no",
-        logging_steps=cfg.get("logging_steps", 10),
         disable_tqdm=not spec.get("progress", True),
         use_cpu=not torch.cuda.is_available(),
         bf16=mp == "bf16",
         fp16=mp == "fp16",
         dataloader_num_workers=0,
         learning_rate=cfg["learning_rate"] * spec.get("lr_scale", 1.0),
-        per_device_train_batch_size=cfg["per_device_train_batch_size"],
-        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
     )
     if spec.get("deepspeed"):
         kw["deepspeed"] = spec["deepspeed"]

@@ -14,6 +14,7 @@ from datasets import Dataset
 
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
 from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .trl_args import trl_kwargs
 from .reward import REQUIRED, read_pairs
 
 
@@ -34,14 +35,8 @@ def train(spec: dict) -> dict:
     ref = load_policy(inputs.get("ref") or inputs["policy"], trc)
     df = read_pairs(inputs["data"], tokenizer)
     dataset = Dataset.from_pandas(df[list(REQUIRED)].reset_index(drop=True))
-    args = DPOConfig(
-        **trainer_kwargs(spec, cfg),
-        beta=spec.get("beta", cfg["beta"]),
-        loss_type=cfg["loss_type"],
-        num_train_epochs=cfg["num_train_epochs"],
-        max_steps=cfg["max_steps"],
-        max_length=cfg["max_length"],
-    )
+    # In the loop, beta is loop.kl.beta through the KL controller (spec["beta"]); alone, stage.dpo.beta.
+    args = DPOConfig(**trl_kwargs("dpo", cfg, **trainer_kwargs(spec, cfg), beta=spec.get("beta", cfg["beta"])))
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
     quiet(trainer, spec)
     out = trainer.train()

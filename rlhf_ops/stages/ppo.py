@@ -22,6 +22,7 @@ from ..formats import read_rendered
 from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer, reward_members
 from ..scoring import load_reward_model
 from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .trl_args import trl_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +108,9 @@ def train(spec: dict) -> dict:
     for m in (value, reward):
         m.config.pad_token_id = tokenizer.pad_token_id
 
-    args = PPOConfig(
-        **trainer_kwargs(spec, cfg),
-        total_episodes=cfg["total_episodes"],
-        num_mini_batches=cfg["num_mini_batches"],
-        num_ppo_epochs=cfg["num_ppo_epochs"],
-        response_length=cfg["response_length"],
-        temperature=cfg["temperature"],
-        kl_coef=spec.get("beta", cfg["kl_coef"]),
-        kl_estimator=cfg["kl_estimator"],
-        cliprange=cfg["cliprange"],
-        vf_coef=cfg["vf_coef"],
-        whiten_rewards=cfg["whiten_rewards"],
-        missing_eos_penalty=cfg["missing_eos_penalty"],
-        local_rollout_forward_batch_size=cfg["local_rollout_forward_batch_size"],
-        stop_token="eos",
-        num_sample_generations=0,
-    )
+    # In the loop, kl_coef is loop.kl.beta through the KL controller (spec["beta"]); alone, stage.ppo.kl_coef.
+    args = PPOConfig(**trl_kwargs("ppo", cfg, **trainer_kwargs(spec, cfg), kl_coef=spec.get("beta", cfg["kl_coef"]),
+                                  stop_token="eos", num_sample_generations=0))
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=dataset)
     quiet(trainer, spec)

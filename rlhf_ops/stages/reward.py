@@ -26,6 +26,7 @@ from .common import (
     quiet,
     check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained, trainer_kwargs,
 )
+from .trl_args import trl_kwargs
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -78,13 +79,7 @@ def train(spec: dict) -> dict:
         set_seed(member_seed)  # the score head is a fresh random init when the init is a causal LM
         model = load_sequence_classifier(inits[m % len(inits)], trc)
         model.config.pad_token_id = tokenizer.pad_token_id
-        args = RewardConfig(
-            **trainer_kwargs({**spec, "seed": member_seed}, cfg),
-            num_train_epochs=cfg["num_train_epochs"],
-            max_steps=cfg["max_steps"],
-            max_length=cfg["max_length"],
-            center_rewards_coefficient=cfg.get("center_rewards_coefficient"),
-        )
+        args = RewardConfig(**trl_kwargs("reward", cfg, **trainer_kwargs({**spec, "seed": member_seed}, cfg)))
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
         quiet(trainer, spec)
         out = trainer.train()

@@ -12,6 +12,7 @@ from datasets import Dataset
 from ..formats import read_rendered
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
 from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .trl_args import trl_kwargs
 
 COLUMNS = ("prompt", "completion")
 
@@ -32,14 +33,7 @@ def train(spec: dict) -> dict:
     model = load_policy(inputs["policy"], trc)
     df = read_rendered(inputs["data"], "sft", tokenizer)
     dataset = Dataset.from_pandas(df[list(COLUMNS)].reset_index(drop=True))
-    args = SFTConfig(
-        **trainer_kwargs(spec, cfg),
-        num_train_epochs=cfg["num_train_epochs"],
-        max_steps=cfg["max_steps"],
-        max_length=cfg["max_length"],
-        warmup_steps=cfg.get("warmup_steps", 0),
-        weight_decay=cfg.get("weight_decay", 0.0),
-    )
+    args = SFTConfig(**trl_kwargs("sft", cfg, **trainer_kwargs(spec, cfg)))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     quiet(trainer, spec)
     out = trainer.train()

@@ -1,0 +1,64 @@
+"""Stage settings pass through to TRL's own config classes by name.
+
+Every key of `stage.<name>` that is a field of the stage's TRL config class (SFTConfig,
+RewardConfig, PPOConfig, DPOConfig) is handed to it as is, so a TRL field keeps one default, TRL's;
+`stage.<name>.trl` takes any other field of that class (`+stage.sft.trl.max_grad_norm=0.5`), and a
+name the class does not have is refused at start-up, naming the key. The few keys that are ours
+(`OURS`) are read by the stage itself and never reach TRL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+# Keys of our stage schemas that are not TRL fields: read by rlhf_ops itself.
+OURS = {"sft": set(), "reward": {"ensemble_size", "bootstrap", "eval_fraction"}, "ppo": set(), "dpo": set()}
+COMMON = {"trl"}  # the pass-through of other TRL fields
+
+
+@functools.cache
+def trl_class(stage: str):
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if stage == "ppo":
+        from trl.experimental.ppo import PPOConfig
+
+        return PPOConfig
+    import trl
+
+    return {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig}[stage]
+
+
+def trl_fields(stage: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(trl_class(stage)) if f.init}
+
+
+def check(stage: str, cfg: dict) -> None:
+    """Refuse a stage key that neither rlhf_ops nor TRL's config class knows."""
+    known = trl_fields(stage)
+    for key in cfg:
+        if key not in known and key not in OURS[stage] | COMMON:
+            raise ValueError(f"stage.{stage}.{key}: not a field of {trl_class(stage).__name__} (TRL) nor of rlhf_ops")
+    for key in cfg.get("trl") or {}:
+        if key not in known:
+            raise ValueError(f"stage.{stage}.trl.{key}: {trl_class(stage).__name__} (TRL {_trl_version()}) has no "
+                             f"field '{key}'")
+
+
+def trl_kwargs(stage: str, cfg: dict, **ours) -> dict:
+    """The TRL config's arguments: the stage's TRL fields by name, its `trl` pass-through, then what
+    the orchestrator decides per call (`ours`: paths, seed, precision, the loop's beta and lr scale)."""
+    check(stage, cfg)
+    known = trl_fields(stage)
+    kwargs = {k: v for k, v in cfg.items() if k in known}
+    kwargs.update(cfg.get("trl") or {})
+    kwargs.update(ours)
+    return kwargs
+
+
+def _trl_version() -> str:
+    import trl
+
+    return trl.__version__
