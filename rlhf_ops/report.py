@@ -191,6 +191,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
     write_bytes_atomic(path, data)
 
 
+NO_GOLD = ("<p><b>no gold</b>: this task has no gold reward (a user's own data), so the gold columns and the "
+           "gold curves are empty; judge by the proxy, KL, length and the gate's reasons.</p>")
+
+
+def has_gold(job: dict) -> bool:
+    return isinstance(baseline(job).get("gold"), (int, float))
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if math.isfinite(v) else str(v)
@@ -332,6 +340,7 @@ def report_run(job: dict, out: Path) -> list[Path]:
     parts = [f"<p>{html.escape(str(job['dir']))}: status <b>{row['status']}</b> {html.escape(row['error'])} | loop "
              f"{html.escape(str(s.get('loop', knob(job, 'loop.name'))))} | seed {s.get('seed')} | final iteration "
              f"{row['final_iteration']} | {row['rollbacks']} rollback(s) | stage wall time {row['wall_s']} s</p>",
+             *([] if has_gold(job) else [NO_GOLD]),
              "<h2>SFT baseline vs final accepted policy</h2>", _html_table(compare, [""] + keys),
              "<h2>Iteration timeline</h2>", _html_table(timeline, TIMELINE)]
     if setup:
@@ -350,6 +359,7 @@ def report_sweep(jobs: list[dict], root: Path, out: Path) -> list[Path]:
     plot_pair(ok, out / "gold_proxy.png", GOLD, PROXY, "Gold and proxy reward per iteration (x = rolled back)")
     parts = [f"<p>{html.escape(str(root))}: {len(rows)} job(s), {sum(r['status'] == 'failed' for r in rows)} failed. "
              "Table: <a href='sweep_table.csv'>sweep_table.csv</a>, <a href='sweep_table.md'>sweep_table.md</a>.</p>",
+             *([] if any(has_gold(j) for j in jobs) else [NO_GOLD]),
              _html_table(rows, COLUMNS), "<h2>Plots</h2>"]
     _atomic_write(out / "report.html", _page(f"rlhf_ops sweep: {root.name}", parts, ["frontier.png", "gold_proxy.png"]))
     return [out / n for n in ("sweep_table.csv", "sweep_table.md", "frontier.png", "gold_proxy.png", "report.html")]

@@ -53,6 +53,10 @@ def test_user_model_and_files_online_ppo(user, tmp_path):
     pairs = pd.read_parquet(run_dir / "iter_000" / "label" / "pairs.parquet")
     assert len(pairs) and pairs["gold_chosen"].isna().all() and set(pairs["labeler"]) != {"human"}
     assert {p: Path(p).read_bytes() for p in before} == before, "the user's files are never written"
+    from rlhf_ops.report import make_report
+
+    make_report(run_dir)
+    assert "<b>no gold</b>" in (run_dir / "report.html").read_text(), "the report says so instead of failing"
 
 
 def test_user_files_iterative_dpo_with_human_queue_and_no_seed_pairs(user, tmp_path):

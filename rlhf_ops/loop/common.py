@@ -27,14 +27,6 @@ def eval_seed(cfg) -> int:
     return cfg.seed * 1000 + 777
 
 
-def kl_controller_kwargs(cfg) -> dict:
-    k = cfg.loop.kl
-    if k.controller == "adaptive":
-        return {"init_beta": k.beta, "target": k.target, "horizon": k.horizon, "min_beta": k.min_beta,
-                "max_beta": k.max_beta}
-    return {"beta": k.beta, "min_beta": 0.0, "max_beta": k.max_beta}
-
-
 def rm_policy_kwargs(cfg) -> dict:
     lp = cfg.loop
     never = lp.rm_update_every is None and lp.rm_update_kl_threshold is None

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..control.detectors import Verdict, build_detectors
 from ..control.gate import Gate, GateDecision, apply_remedies
-from ..control.kl_controller import BetaSchedule, KLController, LRSchedule
+from ..control.kl_controller import BetaSchedule, KLController, LRSchedule, make_kl_controller
 from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se
 from ..artifacts import write_table
 from ..generation import generate
@@ -146,6 +146,15 @@ def rm_update(ctx) -> None:
     ctx.metrics.update({"rm_updated": 1.0, "rm_kept_new": float(keep_new), "rm_old_accuracy": old_acc,
                         "rm_new_accuracy": new_acc, "rm_accuracy_se": se, "rm_train_pairs": len(train),
                         "rm_replay_pairs": n_replay})
+
+
+def new_kl_controller(cfg) -> KLController:
+    """The KL controller the loop starts with: loop.kl.beta is its beta (fixed) or initial beta (adaptive)."""
+    k = cfg.loop.kl
+    if k.controller == "adaptive":
+        return make_kl_controller("adaptive", init_beta=k.beta, target=k.target, horizon=k.horizon,
+                                  min_beta=k.min_beta, max_beta=k.max_beta)
+    return make_kl_controller("fixed", beta=k.beta, min_beta=0.0, max_beta=k.max_beta)
 
 
 def policy_update(ctx) -> None:

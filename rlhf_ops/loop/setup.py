@@ -15,7 +15,7 @@ from ..formats import has_chat_template, render_column
 from ..models import (build_tiny_policy, build_tiny_reward, check_checkpoint_dir, copy_with_distinct_pad,
                       load_tokenizer, needs_distinct_pad, save_model, train_tokenizer)
 from ..tasks import make_task
-from .common import evaluate_into, kl_controller_kwargs, rm_policy_kwargs, scalars, train_stage
+from .common import evaluate_into, rm_policy_kwargs, scalars, train_stage
 from .state import LastGood
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,12 @@ def rm_warmup(ctx) -> None:
 
 def baseline(ctx) -> None:
     """Evaluate the SFT policy: the first 'last good' state every later iteration is judged against."""
-    from ..control.kl_controller import make_kl_controller
     from ..control.rm_update_policy import RMUpdatePolicy
+    from .iteration import new_kl_controller
 
     s = ctx.state
     record, samples = evaluate_into(ctx, s.sft_policy, s.rm)
-    s.kl_state = make_kl_controller(ctx.cfg.loop.kl.controller, **kl_controller_kwargs(ctx.cfg)).state_dict()
+    s.kl_state = new_kl_controller(ctx.cfg).state_dict()
     s.rm_policy_state = RMUpdatePolicy(**rm_policy_kwargs(ctx.cfg)).state_dict()
     s.lr_scale, s.force_rm_refresh, s.n_rollbacks = 1.0, False, 0
     s.last_good = LastGood(iteration=-1, policy=s.sft_policy, rm=s.rm, kl_state=s.kl_state,
