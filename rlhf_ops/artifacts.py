@@ -182,7 +182,7 @@ def read_table(path: str | Path, *, required: tuple[str, ...] = (), nonempty_tex
     if path.is_dir():
         raise InputError(f"{what} path is a directory, expected a .parquet or .jsonl file: {path}")
     if path.suffix not in TABLE_SUFFIXES:
-        raise InputError(f"{path}: unsupported {what} format (use .parquet or .jsonl)")
+        raise InputError(f"{path}: unsupported {what} format (use .parquet or .jsonl, or a datasets save_to_disk folder)")
     if path.stat().st_size == 0:
         raise InputError(f"{what} file is empty: {path}")
     try:

@@ -216,8 +216,8 @@ class Ledger:
         the differences (empty when none, or when there is no previous run).
         """
         row = self._conn.execute("SELECT config_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
-            return []
+        if row is None or self.last_completed() is None:
+            return []  # no step finished (e.g. the first attempt failed on bad input): nothing to be consistent with
         old, new = _resume_relevant(json.loads(row["config_json"])), _resume_relevant(config)
         differences = [
             ConfigDifference(key, old.get(key, _ABSENT), new.get(key, _ABSENT))

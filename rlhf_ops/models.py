@@ -98,6 +98,11 @@ def check_checkpoint_dir(path: str | Path, what: str) -> Path:
         return path
     if not (path / "config.json").is_file():
         raise InputError(f"{what} checkpoint {path} has no config.json")
+    quant = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    if quant.get("quant_method") == "gguf":
+        raise InputError(f"{what} checkpoint {path}: config.json still says quantization_config.quant_method=gguf (a "
+                         "model converted from a GGUF file); delete the quantization_config entry, so it loads as "
+                         "plain weights")
     if not any(path.glob("*.safetensors")):
         raise InputError(f"{what} checkpoint {path} has no .safetensors weights (only safetensors are loaded)")
     return path

@@ -107,6 +107,11 @@ def validate_config(cfg) -> None:
     if not 0 <= cfg.loop.rm_replay_ratio < 1:
         raise ValueError(f"loop.rm_replay_ratio={cfg.loop.rm_replay_ratio} must be in [0, 1)")
     if cfg.model.path and not Path(cfg.model.path).is_dir():
+        p = Path(cfg.model.path)
+        if p.is_file():
+            hint = (" (a GGUF file must be converted to a save_pretrained directory first)" if p.suffix == ".gguf"
+                    else " (point at the directory that holds config.json and the .safetensors weights)")
+            raise ValueError(f"model.path: {p} is a file, not a checkpoint directory{hint}")
         raise ValueError(f"model.path: no checkpoint directory at {cfg.model.path}")
     if cfg.launcher.deepspeed:
         from .launcher import resolve_deepspeed

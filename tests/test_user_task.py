@@ -52,6 +52,10 @@ def test_user_model_and_files_online_ppo(user, tmp_path):
     assert not set(evals["prompt_source"]) & set(prompts["prompt_source"]), "evaluation prompts are held out"
     pairs = pd.read_parquet(run_dir / "iter_000" / "label" / "pairs.parquet")
     assert len(pairs) and pairs["gold_chosen"].isna().all() and set(pairs["labeler"]) != {"human"}
+    # The RM labelled the fresh pairs itself, so its refresh is judged on the held-out seed pairs, not on them.
+    val = pd.read_parquet(run_dir / "iter_000" / "rm_update" / "fresh_val.parquet")
+    held = pd.read_parquet(run_dir / "setup" / "prepare" / "heldout_pairs.parquet")
+    assert len(val) == len(held) > 0 and set(val["chosen"]) == set(held["chosen"])
     assert {p: Path(p).read_bytes() for p in before} == before, "the user's files are never written"
     from rlhf_ops.report import make_report
 
@@ -85,6 +89,7 @@ def test_user_files_iterative_dpo_with_human_queue_and_no_seed_pairs(user, tmp_p
     (["loop.labeler=reward_model"], "without task.pairs"),
     (["io.data=x.jsonl"], "io.data"),
     (["task.prompts=/nonexistent/prompts.jsonl"], "task.prompts: no such file"),
+    (["model.path=/etc/hostname"], "is a file, not a checkpoint directory"),
 ])
 def test_user_task_bad_choices_fail_at_start(user, tmp_path, extra, needle):
     p = run_cli("+experiment=quickstart", *files_args(user, *extra, f"run_dir={tmp_path / 'r'}"), timeout=120)
@@ -107,3 +112,17 @@ def test_core_never_imports_a_task_package():
                         (isinstance(node, ast.ImportFrom) and node.level and n.startswith(("reviews", "files"))):
                     offenders.append(f"{rel}: {n}")
     assert not offenders, offenders
+
+
+def test_a_model_converted_from_gguf_with_its_quantization_config_left_in_is_named(user, tmp_path):
+    import shutil
+
+    model = tmp_path / "converted"
+    shutil.copytree(user["model"], model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gguf"}}))
+    p = run_cli("+experiment=quickstart", *files_args(user, f"model.path={model}", "loop.labeler=human",
+                                                     f"run_dir={tmp_path / 'r'}"),
+                timeout=120)
+    assert p.returncode == 1 and "quantization_config.quant_method=gguf" in p.stderr, p.stderr[-2000:]
+    assert json.loads((model / "config.json").read_text())["quantization_config"], "the user's files are left alone"

@@ -74,4 +74,6 @@ def evaluate_into(ctx, policy: str, rm: str | None, *, baseline_samples: str | N
 
 
 def scalars(metrics: dict) -> dict:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numeric metrics of a record (its iteration is where it belongs, not a metric)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "iteration"}

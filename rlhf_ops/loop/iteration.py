@@ -112,9 +112,15 @@ def rm_update(ctx) -> None:
         ctx.metrics["rm_updated"] = 0.0
         return
     rng = np.random.default_rng(cfg.seed * 31 + ctx.iteration)
-    idx = rng.permutation(len(fresh))
-    n_val = max(2, int(round(len(fresh) * lp.rm_heldout_fraction)))
-    val, train = fresh.iloc[idx[:n_val]], fresh.iloc[idx[n_val:]]
+    if lp.labeler == "reward_model":
+        # The fresh labels are this RM's own rankings: held out, the old RM would score 1.0 on them by
+        # construction. Judge old vs new on the independent held-out seed pairs instead, and train on all.
+        val = pd.read_parquet(s.data["heldout_pairs"]) if "heldout_pairs" in s.data else fresh.iloc[:0]
+        train = fresh
+    else:
+        idx = rng.permutation(len(fresh))
+        n_val = max(2, int(round(len(fresh) * lp.rm_heldout_fraction)))
+        val, train = fresh.iloc[idx[:n_val]], fresh.iloc[idx[n_val:]]
     store = pd.read_parquet(ctx.run_dir / STORE)
     old = store[~store["pair_id"].isin(fresh["pair_id"])]
     ratio = lp.rm_replay_ratio
@@ -130,11 +136,13 @@ def rm_update(ctx) -> None:
     out = ctx.dir / "rm"
     init = (s.init_rm or s.sft_policy) if first else s.rm
     train_stage(ctx, "reward", inputs={"reward_model": init, "data": str(mix)}, output=out,
-                extra={"heldout": str(val_path)})
-    new_ok = judged(str(out))
-    new_acc = float(np.mean(new_ok))
-    if first:
-        old_acc, se, keep_new, why = float("nan"), float("nan"), True, "no previous reward model to compare with"
+                extra={"heldout": str(val_path) if len(val) else None})
+    new_ok = judged(str(out)) if len(val) else np.array([])
+    new_acc = float(np.mean(new_ok)) if len(val) else float("nan")
+    if first or not len(val):
+        old_acc, se, keep_new = float("nan"), float("nan"), True
+        why = ("no previous reward model to compare with" if first else
+               "kept without a check: no independent held-out pairs (the fresh labels are this RM's own)")
     else:
         old_ok = judged(s.rm)
         old_acc, se = float(np.mean(old_ok)), paired_accuracy_se(old_ok, new_ok)

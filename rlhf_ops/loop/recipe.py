@@ -107,8 +107,8 @@ class StepRunner:
                                   "recipe changed since this run started; use a new run_dir")
             try:
                 state = self._run_step(iteration, step, state)
-            except StopLoop as stop:
-                log.warning("loop paused by %s at iteration %d: %s", step, iteration, stop.reason)
+            except StopLoop as stop:  # the run's last line says why (rlhf_ops.loop.runner)
+                log.info("loop stopped by %s at iteration %d: %s", step, iteration, stop.reason)
                 return state, stop.reason
         return state, None
 

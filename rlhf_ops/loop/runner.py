@@ -44,8 +44,10 @@ def _console(ctx) -> None:
                      f"kl={_f(e['kl'])} len={_f(e['length'], 1)} beta={_f(e['beta'])} win={_f(e['win_rate'])}{why}")
     else:
         m = ctx.metrics
-        keys = [k for k in ("gold", "proxy", "kl", "heldout_accuracy", "final_loss", "n_pairs", "rm_updated") if k in m]
-        console.echo(f"[{tag}] {ctx.step} done " + " ".join(f"{k}={_f(m[k])}" for k in keys))
+        keys = [k for k in ("gold", "proxy", "kl", "heldout_accuracy", "final_loss", "n_pairs", "rm_updated",
+                            "objective/scores", "objective/kl", "beta", "n_train_prompts", "n_completions", "eos_rate")
+                if k in m]
+        console.echo(" ".join([f"[{tag}] {ctx.step} done"] + [f"{k}={_f(m[k])}" for k in keys]))
 
 
 def step_log(run_dir: Path, ctx) -> Path:
@@ -129,7 +131,6 @@ def run_loop(cfg: DictConfig) -> dict:
         summary = write_derived(run_dir, plain, ledger, status, stopped)
         ledger.end_run(run_id, status)
         tracker.close(status)
-    if status == "stopped":
-        print(f"rlhf_ops: paused: {stopped}", flush=True)
-    print(f"rlhf_ops: {status}; summary: {run_dir / 'summary.json'}", flush=True)
+    why = f" ({stopped})" if stopped else ""  # a pause for labels, or too many rollbacks: re-run to go on
+    print(f"rlhf_ops: {status}{why}; summary: {run_dir / 'summary.json'}", flush=True)
     return summary
