@@ -153,6 +153,8 @@ def test_check_config_without_previous_run(ledger):
 
 def test_check_config_lists_differing_keys(ledger):
     run_id = ledger.start_run(CONFIG)
+    with ledger.transaction():  # a step finished: the run dir now holds progress made with CONFIG
+        ledger.finish_stage(ledger.begin_stage(-1, "prepare"), "done", {}, 0.0)
     ledger.end_run(run_id, "stopped")
     assert ledger.runs()[0]["status"] == "stopped"
     assert ledger.check_config(CONFIG) == []
@@ -190,3 +192,15 @@ def test_reopen_sees_committed_rows(tmp_path):
         assert reopened.last_completed() == (0, "collect", {"a": 1})
     with pytest.raises(sqlite3.ProgrammingError):  # closed by the context manager
         ledger.stage_history()
+
+
+def test_a_run_dir_where_no_step_finished_takes_a_new_config(ledger):
+    """The first attempt failed on bad input before any step finished: fixing the input and running
+    again is not a config change to refuse (there is no progress to be consistent with)."""
+    ledger.end_run(ledger.start_run(CONFIG), "failed")
+    changed = {**CONFIG, "seed": 7}
+    assert ledger.check_config(changed) == []
+    with ledger.transaction():
+        ledger.finish_stage(ledger.begin_stage(-1, "prepare"), "done", {}, 0.0)
+    with pytest.raises(ConfigChangedError):
+        ledger.check_config(changed)

@@ -19,16 +19,21 @@ COMMON = {"trl"}  # the pass-through of other TRL fields
 
 @functools.cache
 def trl_class(stage: str):
+    import contextlib
+    import io
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    if stage == "ppo":
-        from trl.experimental.ppo import PPOConfig
+    # Checked at start-up, before any step's log is open: transformers prints an "[INFO] Running in
+    # WANDB offline mode" line when its integrations are first imported, which is not ours to show.
+    with contextlib.redirect_stdout(io.StringIO()):
+        if stage == "ppo":
+            from trl.experimental.ppo import PPOConfig
 
-        return PPOConfig
-    import trl
+            return PPOConfig
+        import trl
 
-    return {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig}[stage]
+        return {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig}[stage]
 
 
 def trl_fields(stage: str) -> set[str]:
