@@ -303,10 +303,13 @@ def in_flight(run_dir: Path, n_nodes: int) -> str:
     i, n, s = rows[-1]
     if s == "failed":
         return f"failed in {'setup' if i < 0 else 'iteration'} node {n}"
-    if (run_dir / "summary.json").exists():
+    # summary.json is rewritten after every step; only its final version says the run ended.
+    summary = run_dir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text() or "{}").get("status") in ("completed", "stopped"):
         return "after the summary (finishing)"
     done = sum(s in ("done", "skipped") for _, _, s in rows)
-    return "between nodes" if done < n_nodes else "after the last node, before the summary"
+    return ("between nodes (after a commit: the derived files)" if done < n_nodes
+            else "after the last node, before the final summary")
 
 
 def resume_and_check(ref: Reference, run_dir: Path, outcome: Outcome) -> Outcome:
