@@ -1,4 +1,4 @@
-"""A NaN/inf reward from a labeler's reward model is never trained on: the iteration is poisoned,
+"""A NaN/inf reward from a labeler's reward model is never trained on: the iteration is abandoned,
 its training steps are skipped and the gate rolls it back with a remedy."""
 
 from __future__ import annotations
