@@ -1,12 +1,14 @@
 """Command line: `python -m rlhf_ops +experiment=NAME [overrides]` (add `-m` for a sweep).
 
-Before Hydra starts, the overrides are composed once against the typed schema so that a
-misspelled key, a wrong type or an unknown config option fails in ONE line naming it, before any
-model is built. Sweep overrides (`a=1,2,3`) are checked with each of their values.
+Before Hydra starts, the overrides are composed against the typed schema so that a misspelled key,
+a wrong type or an unknown config option fails in ONE line naming it, before any model is built (and
+before torch is imported). Sweep overrides (`a=1,2,3`) are checked with each of their values. A single
+run's composition is then handed to `@hydra.main` (`_ComposedOnce`): the config is composed once.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -121,15 +123,72 @@ def _tabbed_block(text: str, header: str) -> list[str]:
     return out
 
 
+# What @hydra.main names the job (hydra.job.name, the job's log file): the module it is declared in.
+JOB_NAME = "cli"
+
+
 def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=JOB_NAME):
         return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
 
-def precheck(argv: list[str]) -> str | None:
-    """None if the command line composes; else a one-line error."""
+class _ComposedOnce:
+    """Hydra composing a single run's config once: the pre-check's composition is the one @hydra.main runs.
+
+    Left alone, `@hydra.main` composes twice (once to read `hydra.mode`, once to run with
+    `hydra.mode=RUN` appended), after the pre-check's own composition. While this is active, the
+    pre-check `remember`s its config: Hydra's mode question is answered from it, and its run
+    composition is that config with `hydra.mode=RUN` set as the override would set it (the same
+    `ConfigLoaderImpl.load_configuration` built both; its `from_shell` only words error messages).
+    tests/test_cli.py checks the handed-over config equals a fresh composition. Anything else (a
+    sweep, a config that sets hydra.mode itself) composes as Hydra always does."""
+
+    def __init__(self):
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra._internal.hydra import Hydra
+
+        self.loader, self.load = ConfigLoaderImpl, ConfigLoaderImpl.load_configuration
+        self.hydra, self.get_mode = Hydra, Hydra.get_mode
+        self.cache, self.modes = {}, {}
+
+    def remember(self, config_name: str, overrides: list[str], cfg: DictConfig) -> None:
+        from hydra.types import RunMode
+        from omegaconf import open_dict
+
+        if cfg.hydra.mode is not None:
+            return
+        run_cfg = copy.deepcopy(cfg)
+        with open_dict(run_cfg):
+            run_cfg.hydra.mode = RunMode.RUN
+            run_cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
+        self.cache[(config_name, (*overrides, "hydra.mode=RUN"), RunMode.RUN)] = run_cfg
+        self.modes[(config_name, tuple(overrides))] = None
+
+    def __enter__(self):
+        load, get_mode, cache, modes = self.load, self.get_mode, self.cache, self.modes
+
+        def load_configuration(loader, config_name, overrides, run_mode, *args, **kwargs):
+            key = (config_name, tuple(overrides), run_mode)
+            if key in cache:
+                return copy.deepcopy(cache[key])
+            return load(loader, config_name, overrides, run_mode, *args, **kwargs)
+
+        def mode(hydra, config_name, overrides):
+            key = (config_name, tuple(overrides))
+            return modes[key] if key in modes else get_mode(hydra, config_name, overrides)
+
+        self.loader.load_configuration, self.hydra.get_mode = load_configuration, mode
+        return self
+
+    def __exit__(self, *exc):
+        self.loader.load_configuration, self.hydra.get_mode = self.load, self.get_mode
+
+
+def precheck(argv: list[str], once: _ComposedOnce | None = None) -> str | None:
+    """None if the command line composes; else a one-line error. A single run's composition is handed
+    to `once` for @hydra.main to reuse."""
     from hydra.core.global_hydra import GlobalHydra
 
     parsed = split_argv(argv)
@@ -139,9 +198,12 @@ def precheck(argv: list[str]) -> str | None:
     try:
         from .validate import validate_config
 
-        for ov in _expand_sweeps(overrides):
+        variants = _expand_sweeps(overrides)
+        for ov in variants:
             cfg = compose(ov, name)
             validate_config(cfg)
+        if once is not None and variants == [overrides] and not {"-m", "--multirun"} & set(argv):
+            once.remember(name, overrides, cfg)
     except Exception as e:  # noqa: BLE001 - every composition problem becomes one line
         return one_line(e)
     finally:
@@ -157,8 +219,9 @@ def hydra_main(cfg: DictConfig):
 
 
 def main() -> None:
-    err = precheck(sys.argv[1:])
-    if err:
-        print(f"rlhf_ops: config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+    with _ComposedOnce() as once:
+        err = precheck(sys.argv[1:], once)
+        if err:
+            print(f"rlhf_ops: config error: {err}", file=sys.stderr)
+            sys.exit(2)
+        hydra_main()

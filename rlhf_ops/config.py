@@ -149,6 +149,9 @@ class SFTStageConfig:
     max_length: int = 96
     warmup_steps: int = 10
     weight_decay: float = 0.0
+    # Recompute activations in the backward pass (TRL's default is on): saves activation memory at the
+    # cost of about one more forward pass; off unless the model does not fit (docs/performance.md).
+    gradient_checkpointing: bool = False
     logging_steps: int = 10
     # Any other field of TRL's SFTConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
     # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).
@@ -170,6 +173,9 @@ class RewardStageConfig:
     eval_fraction: float = 0.1
     # Centre rewards around zero (TRL's center_rewards_coefficient).
     center_rewards_coefficient: Optional[float] = 0.01
+    # Recompute activations in the backward pass (TRL's default is on): saves activation memory at the
+    # cost of about one more forward pass; off unless the model does not fit (docs/performance.md).
+    gradient_checkpointing: bool = False
     logging_steps: int = 10
     # Any other field of TRL's RewardConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
     # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).
@@ -195,6 +201,9 @@ class PPOStageConfig:
     vf_coef: float = 0.1
     whiten_rewards: bool = False
     local_rollout_forward_batch_size: int = 64
+    # Recompute activations in the backward pass (TRL's default is on): saves activation memory at the
+    # cost of about one more forward pass; off unless the model does not fit (docs/performance.md).
+    gradient_checkpointing: bool = False
     logging_steps: int = 1
     # Any other field of TRL's trl.experimental.ppo.PPOConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
     # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).
@@ -211,6 +220,9 @@ class DPOStageConfig:
     per_device_train_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_length: int = 128
+    # Recompute activations in the backward pass (TRL's default is on): saves activation memory at the
+    # cost of about one more forward pass; off unless the model does not fit (docs/performance.md).
+    gradient_checkpointing: bool = False
     logging_steps: int = 10
     # Any other field of TRL's DPOConfig, passed by name (+stage.<name>.trl.max_grad_norm=0.5);
     # the fields above pass through by name too (rlhf_ops/stages/trl_args.py).

@@ -51,11 +51,12 @@ def win_rate(new_gold: list[float], old_gold: list[float]) -> float:
 
 def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str | None, prompts: list[str], *, samples_per_prompt: int,
                     max_new_tokens: int, temperature: float, seed: int, baseline_samples: pd.DataFrame | None = None,
-                    fresh_pairs: pd.DataFrame | None = None, progress: bool = False,
+                    rescore_baseline: bool = False, fresh_pairs: pd.DataFrame | None = None, progress: bool = False,
                     trust_remote_code: bool = False, gold=None) -> tuple[dict, pd.DataFrame]:
     """(metrics record, samples table). The sampling seed is fixed per call so that two policies
     are compared on the same prompts with the same random stream. `gold(prompt, completion)` is the
-    task's gold reward, or None; `rm_dir` None means no reward model yet (no proxy)."""
+    task's gold reward, or None; `rm_dir` None means no reward model yet (no proxy). `rescore_baseline`:
+    also score `baseline_samples` with this RM (`baseline_proxy`), reusing the loaded model."""
     tok = load_tokenizer(policy_dir, trust_remote_code)
     policy = load_policy(policy_dir, trust_remote_code)
     s = generate(policy_dir, prompts, samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -91,6 +92,9 @@ def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str | None, prompts: 
     }
     if gold and baseline_samples is not None and len(baseline_samples) == len(samples):
         record["win_rate"] = win_rate(golds, baseline_samples["gold"].tolist())
+    if rm_dir and rescore_baseline and baseline_samples is not None:
+        record["baseline_proxy"] = float(member_scores(rm, rm_tok, baseline_samples["prompt"].tolist(),
+                                                       baseline_samples["completion"].tolist()).mean())
     if rm_dir and fresh_pairs is not None and len(fresh_pairs):
         c = member_scores(rm, rm_tok, list(fresh_pairs["prompt"]), list(fresh_pairs["chosen"])).mean(-1)
         r = member_scores(rm, rm_tok, list(fresh_pairs["prompt"]), list(fresh_pairs["rejected"])).mean(-1)

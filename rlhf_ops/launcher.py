@@ -18,9 +18,18 @@ from pathlib import Path
 
 from . import console
 from .artifacts import atomic_dir, check_output, write_meta
-from .stages import dpo, ppo, reward, sft
 
-STAGES = {"sft": sft, "reward": reward, "ppo": ppo, "dpo": dpo}
+STAGE_NAMES = ("sft", "reward", "ppo", "dpo")
+
+
+def stage_module(name: str):
+    """The stage's module (rlhf_ops.stages.<name>), imported on first use: it imports torch and TRL, which
+    the start-up checks (resolve_deepspeed among them) must not wait for."""
+    import importlib
+
+    if name not in STAGE_NAMES:
+        raise ValueError(f"unknown stage '{name}' (use one of {sorted(STAGE_NAMES)})")
+    return importlib.import_module(f"rlhf_ops.stages.{name}")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESULT_FILE = "_result.json"
 SPEC_FILE = "_spec.json"
@@ -82,10 +91,8 @@ def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: 
               overwrite: bool = False, extra: dict | None = None, progress: bool = True,
               trust_remote_code: bool = False) -> dict:
     """Validate, train and atomically publish one stage. Returns the stage metadata."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage '{stage}' (use one of {sorted(STAGES)})")
+    module = stage_module(stage)
     launcher = dict(launcher or {})
-    module = STAGES[stage]
     output = Path(output)
     spec = {
         "stage": stage, "cfg": dict(cfg), "inputs": {k: str(v) for k, v in inputs.items() if v},

@@ -81,3 +81,67 @@ def test_stage_keys_pass_through_to_trl_by_name():
     kw = trl_kwargs("reward", {"learning_rate": 1e-3, "ensemble_size": 3, "trl": {"max_grad_norm": 0.5}},
                     learning_rate=5e-4)
     assert kw == {"learning_rate": 5e-4, "max_grad_norm": 0.5}, "ours stay ours; the orchestrator's values win"
+
+
+_TORCH_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("torch imported:", "torch" in sys.modules, file=sys.stderr))
+sys.argv = ["rlhf_ops", *sys.argv[1:]]
+from rlhf_ops.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["+experiment=quickstart", "model.hiden_size=3"],
+                                  ["+experiment=quickstart", "loop.gate_vote=9"],
+                                  ["+experiment=quickstart", "launcher.deepspeed=nope.json"],
+                                  ["+experiment=quickstart", "loop.steps=[collect,labl]"]])
+def test_help_and_config_errors_do_not_import_torch(args):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 2), proc.stderr
+    assert "torch imported: False" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_single_run_composes_its_config_once(tmp_path, monkeypatch):
+    """The pre-check's composition is the one @hydra.main runs with, and it equals a fresh composition."""
+    import sys
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from omegaconf import OmegaConf
+
+    import rlhf_ops.cli as cli
+    import rlhf_ops.run
+
+    calls, seen = [], {}
+    original = ConfigLoaderImpl.load_configuration
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[:2])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", counting)
+    from hydra.core.hydra_config import HydraConfig
+
+    def run(cfg):
+        seen["cfg"], seen["hydra"] = cfg, OmegaConf.to_container(HydraConfig.get())
+
+    monkeypatch.setattr(rlhf_ops.run, "run", run)
+    overrides = ["+experiment=quickstart", "loop.kl.beta=0.07", f"run_dir={tmp_path}/run",
+                 f"hydra.run.dir={tmp_path}/hydra"]
+    monkeypatch.setattr(sys, "argv", ["rlhf_ops", *overrides])
+    cli.main()
+    assert len(calls) == 1, calls
+    got, hydra_node = seen["cfg"], seen["hydra"]
+    fresh = cli.compose([*overrides, "hydra.mode=RUN"])  # what Hydra itself composes for the run
+    assert got.loop.kl.beta == 0.07 and got.name == "quickstart"
+    assert OmegaConf.to_container(got, resolve=False) == {k: v for k, v in OmegaConf.to_container(fresh).items()
+                                                         if k != "hydra"}
+    want = OmegaConf.to_container(fresh.hydra)
+    for node in (hydra_node, want):  # filled in by run_job, after composition
+        node.pop("runtime", None)
+        node["job"].pop("id", None), node["job"].pop("num", None)
+    assert hydra_node == want
+    assert hydra_node["job"]["name"] == "cli" and hydra_node["mode"].name == "RUN"

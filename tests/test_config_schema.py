@@ -68,3 +68,14 @@ def test_every_schema_key_is_read():
         if not re.search(pattern, code):
             unread.append(f"{owner}.{name}")
     assert not unread, f"schema keys nothing reads: {unread}"
+
+
+def test_every_stage_schema_key_is_a_trl_field_or_ours():
+    """The start-up check skips importing TRL when a stage has only schema keys (trl_args.check): that is
+    sound only while every schema key is a field of the TRL config class or one rlhf_ops reads itself."""
+    from rlhf_ops.stages.trl_args import COMMON, OURS, check, schema_fields, trl_fields
+
+    for stage in ("sft", "reward", "ppo", "dpo"):
+        assert schema_fields(stage) - OURS[stage] - COMMON <= trl_fields(stage), stage
+    with __import__("pytest").raises(ValueError, match="stage.sft.trl.max_grad_nrm"):
+        check("sft", {"learning_rate": 1e-3, "trl": {"max_grad_nrm": 1.0}})

@@ -211,6 +211,12 @@ def test_abandoned_iteration_skips_to_the_gate_and_keeps_nothing_half_done(tmp_p
         assert ledger.artifacts(iteration=1) == [], "an abandoned step's artifacts are not recorded"
 
 
+def test_step_names_known_without_import_are_the_steps():
+    from rlhf_ops.loop.recipe import STEP_NAMES, steps
+
+    assert sorted(STEP_NAMES) == sorted(steps())
+
+
 def test_recipe_errors_name_the_step(tmp_path):
     with pytest.raises(RecipeError, match="loop.steps: unknown step 'colect'"):
         check_recipe(["prepare"], ["colect"], 1)

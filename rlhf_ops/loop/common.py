@@ -10,7 +10,6 @@ import pandas as pd
 from ..artifacts import write_json_atomic, write_table
 from ..evaluation import evaluate_policy
 from ..launcher import run_stage
-from ..scoring import load_scorer, member_scores
 from ..tasks import gold_by_prompt, make_task
 
 
@@ -47,26 +46,27 @@ def task_gold(ctx):
 
 
 def evaluate_into(ctx, policy: str, rm: str | None, *, baseline_samples: str | None = None,
-                  fresh_pairs: str | None = None) -> tuple[dict, str]:
-    """Evaluate `policy` on the frozen evaluation prompts; write eval.json and samples.parquet."""
+                  baseline_proxy: float | None = None, fresh_pairs: str | None = None) -> tuple[dict, str]:
+    """Evaluate `policy` on the frozen evaluation prompts; write eval.json and samples.parquet.
+
+    With `baseline_samples` and an RM, the record's `baseline_proxy` is those samples' mean score under
+    this RM, so "proxy went up" compares two policies under one RM rather than two RMs: `baseline_proxy`
+    when the caller already knows it (the RM has not changed since it scored them), else scored here with
+    the RM the evaluation has loaded anyway."""
     cfg = ctx.cfg
     table = pd.read_parquet(ctx.state.data["prompts_gold_eval"])
+    base = pd.read_parquet(baseline_samples) if baseline_samples else None
     record, samples = evaluate_policy(
         policy, ctx.state.ref or policy, rm, table["prompt"].tolist(),
         samples_per_prompt=cfg.loop.eval_samples_per_prompt, max_new_tokens=cfg.stage.ppo.response_length,
-        temperature=eval_temperature(cfg), seed=eval_seed(cfg),
-        baseline_samples=pd.read_parquet(baseline_samples) if baseline_samples else None,
+        temperature=eval_temperature(cfg), seed=eval_seed(cfg), baseline_samples=base,
+        rescore_baseline=base is not None and rm is not None and baseline_proxy is None,
         fresh_pairs=pd.read_parquet(fresh_pairs) if fresh_pairs else None,
         progress=cfg.progress, trust_remote_code=cfg.model.trust_remote_code,
         gold=gold_by_prompt(make_task(cfg.task), table),
     )
-    if baseline_samples and rm:
-        # Re-score the last good samples with the CURRENT reward model, so "proxy went up" compares
-        # two policies under one RM rather than two RMs.
-        base = pd.read_parquet(baseline_samples)
-        model, tok = load_scorer(rm, cfg.model.trust_remote_code)
-        record["baseline_proxy"] = float(member_scores(model, tok, base["prompt"].tolist(),
-                                                       base["completion"].tolist()).mean())
+    if base is not None and rm and baseline_proxy is not None:
+        record["baseline_proxy"] = float(baseline_proxy)
     record["iteration"] = ctx.iteration
     samples_path = write_table(samples, ctx.dir / "samples.parquet")
     write_json_atomic(ctx.dir / "eval.json", record)

@@ -135,16 +135,21 @@ def rm_update(ctx) -> None:
 
     out = ctx.dir / "rm"
     init = (s.init_rm or s.sft_policy) if first else s.rm
-    train_stage(ctx, "reward", inputs={"reward_model": init, "data": str(mix)}, output=out,
-                extra={"heldout": str(val_path) if len(val) else None})
-    new_ok = judged(str(out)) if len(val) else np.array([])
+    # The stage scores the held-out pairs with the new RM and, before training, with the one it continues
+    # from (the old RM): the acceptance check below reads both verdicts instead of loading each RM again.
+    meta = train_stage(ctx, "reward", inputs={"reward_model": init, "data": str(mix)}, output=out,
+                       extra={"heldout": str(val_path) if len(val) else None, "score_init": not first})
+    scored = meta["metrics"]
+    new_ok = np.asarray(scored["heldout_correct"], dtype=bool) if len(val) else np.array([])
     new_acc = float(np.mean(new_ok)) if len(val) else float("nan")
     if first or not len(val):
         old_acc, se, keep_new = float("nan"), float("nan"), True
         why = ("no previous reward model to compare with" if first else
                "kept without a check: no independent held-out pairs (the fresh labels are this RM's own)")
     else:
-        old_ok = judged(s.rm)
+        # Absent when the new RM has another number of members than the old one (ensemble size changed).
+        old_ok = (np.asarray(scored["init_heldout_correct"], dtype=bool) if "init_heldout_correct" in scored
+                  else judged(s.rm))
         old_acc, se = float(np.mean(old_ok)), paired_accuracy_se(old_ok, new_ok)
         keep_new, why = accept_new_rm(old_acc, new_acc, lp.rm_accuracy_tolerance, se, lp.rm_accuracy_z)
     policy.mark_updated(ctx.iteration, kl_now)
@@ -195,9 +200,11 @@ def policy_update(ctx) -> None:
 
 def evaluate(ctx) -> None:
     """The candidate on the frozen evaluation prompts (the last good samples re-scored by the current RM)."""
-    s = ctx.state
-    s.work.eval, s.work.eval_samples = evaluate_into(ctx, s.work.candidate, s.rm, baseline_samples=s.last_good.samples,
-                                                     fresh_pairs=s.work.pairs or None)
+    s, good = ctx.state, ctx.state.last_good
+    # The RM unchanged since the last good policy was evaluated: its samples' score under it is known.
+    known = good.eval.get("proxy") if s.rm is not None and s.rm == good.rm else None
+    s.work.eval, s.work.eval_samples = evaluate_into(ctx, s.work.candidate, s.rm, baseline_samples=good.samples,
+                                                     baseline_proxy=known, fresh_pairs=s.work.pairs or None)
     ctx.metrics.update(scalars(s.work.eval))
 
 

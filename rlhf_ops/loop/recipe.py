@@ -53,6 +53,12 @@ class StepContext:
         return str(path)
 
 
+# The steps a recipe may name, known without importing them (their modules import torch): a config
+# error is reported before torch loads. tests/test_recipe.py checks this equals steps()'s keys.
+STEP_NAMES = ("prepare", "sft", "rm_warmup", "baseline", "ppo_once", "dpo_once", "collect", "label", "rm_update",
+              "policy_update", "evaluate", "gate", "prune")
+
+
 def steps() -> dict[str, Callable[[StepContext], None]]:
     from . import iteration, retention, setup
 
@@ -64,7 +70,7 @@ def steps() -> dict[str, Callable[[StepContext], None]]:
 
 
 def check_recipe(setup: list[str], per_iteration: list[str], iterations: int, known: dict | None = None) -> None:
-    known = steps() if known is None else known
+    known = STEP_NAMES if known is None else known
     for where, names in (("loop.setup", setup), ("loop.steps", per_iteration)):
         for name in names:
             if name not in known:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datasets import Dataset
 
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
-from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
 from .trl_args import trl_kwargs
 from .reward import REQUIRED, read_pairs
 
@@ -39,7 +39,7 @@ def train(spec: dict) -> dict:
     args = DPOConfig(**trl_kwargs("dpo", cfg, **trainer_kwargs(spec, cfg), beta=spec.get("beta", cfg["beta"])))
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
     quiet(trainer, spec)
-    out = trainer.train()
+    out = fit(trainer)
     metrics = log_history_metrics(trainer)
     metrics["train_loss"] = float(out.training_loss)
     metrics["beta"] = args.beta

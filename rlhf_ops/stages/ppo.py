@@ -21,7 +21,7 @@ from ..artifacts import InputError
 from ..formats import read_rendered
 from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer, reward_members
 from ..scoring import load_reward_model
-from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
 from .trl_args import trl_kwargs
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def train(spec: dict) -> dict:
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=dataset)
     quiet(trainer, spec)
-    trainer.train()
+    fit(trainer)
     metrics = log_history_metrics(trainer)
     metrics["kl_coef"] = args.kl_coef
     metrics["n_prompts"] = len(prompts)

@@ -23,7 +23,7 @@ from ..formats import read_rendered
 from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_sequence_classifier, load_tokenizer, reward_members
 from ..scoring import member_scores
 from .common import (
-    quiet,
+    fit, quiet,
     check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained, trainer_kwargs,
 )
 from .trl_args import trl_kwargs
@@ -54,6 +54,12 @@ def split_heldout(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.Data
     return df.iloc[idx[n_eval:]].reset_index(drop=True), df.iloc[idx[:n_eval]].reset_index(drop=True)
 
 
+def _margins(model, tokenizer, pairs: pd.DataFrame) -> np.ndarray:
+    prompts = list(pairs["prompt"])
+    return (member_scores(model, tokenizer, prompts, list(pairs["chosen"]))
+            - member_scores(model, tokenizer, prompts, list(pairs["rejected"])))[:, 0]
+
+
 def train(spec: dict) -> dict:
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
@@ -69,7 +75,11 @@ def train(spec: dict) -> dict:
     k = int(cfg.get("ensemble_size", 1))
     inits = reward_members(inputs["reward_model"])
     metrics: dict = {"n_train_pairs": len(train_df), "n_heldout_pairs": len(eval_df), "ensemble_size": k}
-    member_names, accs, losses, margins = [], [], [], []
+    member_names, accs, losses, margins, init_margins = [], [], [], [], []
+    # spec["score_init"]: also score the held-out pairs with each member's init before it trains. When
+    # the init is an earlier RM with one member per member here, that is the old RM's verdict per pair,
+    # so the loop's acceptance check (old vs new RM) needs no second load of either model.
+    score_init = bool(spec.get("score_init")) and len(eval_df) > 0 and len(inits) == k
     for m in range(k):
         member_seed = seed + 1000 * m
         rows = train_df
@@ -79,18 +89,19 @@ def train(spec: dict) -> dict:
         set_seed(member_seed)  # the score head is a fresh random init when the init is a causal LM
         model = load_sequence_classifier(inits[m % len(inits)], trc)
         model.config.pad_token_id = tokenizer.pad_token_id
+        if score_init:  # the model we continue from, before training: the loop's old RM on the same pairs
+            init_margins.append(_margins(model, tokenizer, eval_df))
         args = RewardConfig(**trl_kwargs("reward", cfg, **trainer_kwargs({**spec, "seed": member_seed}, cfg)))
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
         quiet(trainer, spec)
-        out = trainer.train()
+        out = fit(trainer)
         mm = log_history_metrics(trainer)
         mm["train_loss"] = float(out.training_loss)
         check_finite_loss(mm, f"reward member {m}")
         name = f"member_{m}" if k > 1 else "."
         save_trained(trainer, tokenizer, f"{spec['tmp_dir']}/{name}")
         if len(eval_df):
-            margin = (member_scores(model, tokenizer, list(eval_df["prompt"]), list(eval_df["chosen"]))
-                      - member_scores(model, tokenizer, list(eval_df["prompt"]), list(eval_df["rejected"])))[:, 0]
+            margin = _margins(model, tokenizer, eval_df)
             margins.append(margin)
             accs.append(float(np.mean(margin > 0)))
         member_names.append(name)
@@ -101,6 +112,10 @@ def train(spec: dict) -> dict:
             json.dump({"members": member_names, "seeds": [seed + 1000 * m for m in range(k)]}, f)
     # The ensemble's accuracy is that of its mean score, which is what it hands to PPO by default.
     metrics["heldout_accuracy"] = float(np.mean(np.mean(margins, 0) > 0)) if margins else float("nan")
+    # Per held-out pair (in the held-out file's order): does the (mean) reward rank chosen above rejected?
+    metrics["heldout_correct"] = [bool(x) for x in np.mean(margins, 0) > 0] if margins else []
+    if score_init:
+        metrics["init_heldout_correct"] = [bool(x) for x in np.mean(init_margins, 0) > 0]
     metrics["member_accuracies"] = accs
     metrics["final_loss"] = float(np.mean(losses))
     drop_trainer_dir(spec)

@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from ..formats import read_rendered
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
-from .common import quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
 from .trl_args import trl_kwargs
 
 COLUMNS = ("prompt", "completion")
@@ -36,7 +36,7 @@ def train(spec: dict) -> dict:
     args = SFTConfig(**trl_kwargs("sft", cfg, **trainer_kwargs(spec, cfg)))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     quiet(trainer, spec)
-    out = trainer.train()
+    out = fit(trainer)
     metrics = log_history_metrics(trainer)
     metrics["train_loss"] = float(out.training_loss)
     metrics["n_examples"] = len(dataset)

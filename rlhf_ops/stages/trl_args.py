@@ -40,8 +40,22 @@ def trl_fields(stage: str) -> set[str]:
     return {f.name for f in dataclasses.fields(trl_class(stage)) if f.init}
 
 
+def schema_fields(stage: str) -> set[str]:
+    """The keys of our typed stage schema (rlhf_ops.config): TRL fields by name (tests/test_config_schema.py
+    checks that each is one) and OURS."""
+    from .. import config
+
+    cls = {"sft": config.SFTStageConfig, "reward": config.RewardStageConfig, "ppo": config.PPOStageConfig,
+           "dpo": config.DPOStageConfig}[stage]
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def check(stage: str, cfg: dict) -> None:
-    """Refuse a stage key that neither rlhf_ops nor TRL's config class knows."""
+    """Refuse a stage key that neither rlhf_ops nor TRL's config class knows. TRL (and with it torch)
+    is imported only when there is a key beyond the schema's to look up, so a config error elsewhere
+    is reported without it."""
+    if set(cfg) <= schema_fields(stage) and not cfg.get("trl"):
+        return
     known = trl_fields(stage)
     for key in cfg:
         if key not in known and key not in OURS[stage] | COMMON:

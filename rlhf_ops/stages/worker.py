@@ -13,14 +13,14 @@ from pathlib import Path
 
 
 def main(spec_path: str) -> None:
-    from ..launcher import RESULT_FILE, STAGES
+    from ..launcher import RESULT_FILE, stage_module
     from .common import is_main_process
 
     from transformers import set_seed
 
     spec = json.loads(Path(spec_path).read_text())
     set_seed(spec["seed"])
-    metrics = STAGES[spec["stage"]].train(spec)
+    metrics = stage_module(spec["stage"]).train(spec)
     if is_main_process():
         out = Path(spec["tmp_dir"]) / RESULT_FILE
         out.write_text(json.dumps(metrics, default=float))
