@@ -48,15 +48,22 @@ def read_meta(path: str | Path) -> dict:
 
 
 def check_output(path: str | Path, overwrite: bool) -> None:
-    """Refuse to touch a finished stage's outputs unless told to overwrite."""
+    """Refuse to touch a finished stage's outputs, or a folder rlhf_ops did not write, unless told to
+    overwrite. (A stage publishes its output by renaming a complete temporary directory, metadata
+    included, so an existing output without metadata was never ours.)"""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a directory")
     if path.exists() and is_finished(path) and not overwrite:
         raise OutputExistsError(
             f"{path} already holds a finished stage ({META_FILE} present); "
             "pass overwrite=true to replace it, or choose another output path"
         )
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{path} exists and is not a directory")
+    if path.is_dir() and not is_finished(path) and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"{path} exists and holds files rlhf_ops did not write (no {META_FILE}); choose another output "
+            "path, or pass overwrite=true to move that folder aside (it is never deleted)"
+        )
 
 
 @contextmanager
@@ -79,12 +86,18 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
-    if final.exists():
-        suffix = ".old" if is_finished(final) else f".interrupted-{int(time.time())}"
+    if final.exists() and not (final.is_dir() and not any(final.iterdir())):
+        suffix = ".old" if is_finished(final) else f".moved-aside-{int(time.time())}"
         old = final.with_name(final.name + suffix)
         if old.exists():
             shutil.rmtree(old)
+        if not is_finished(final):  # someone's folder (overwrite=true): kept, and said where
+            import logging
+
+            logging.getLogger(__name__).warning("%s was not written by rlhf_ops; moved aside to %s", final, old)
         os.replace(final, old)
+    elif final.exists():
+        final.rmdir()  # an empty folder: nothing to keep
     try:
         _before_publish(tmp)
         os.replace(tmp, final)

@@ -54,6 +54,10 @@ class OnError(Choice):
     error = "error"; skip = "skip"  # noqa: E702
 
 
+class PartialLabels(Choice):
+    pause = "pause"; accept = "accept"; fallback = "fallback"  # noqa: E702
+
+
 class RewardInit(Choice):
     policy = "policy"; scratch = "scratch"  # noqa: E702
 
@@ -292,6 +296,9 @@ class LoopConfig:
     # Prompts collected per iteration and completions per prompt.
     prompts_per_iteration: int = 64
     completions_per_prompt: int = 2
+    # Fewer usable pairs than this from an iteration's labeler (ties and identical sides are not usable)
+    # and the iteration is abandoned and rolled back, never trained on; 4 is the least an RM update uses.
+    min_pairs: int = 4
     # Policy update: ppo | dpo
     policy_update: PolicyUpdate = PolicyUpdate.ppo
     # DPO's pairs: fresh (this iteration's labels: iterative DPO) | offline (the fixed warm-up set)
@@ -301,6 +308,9 @@ class LoopConfig:
     eval_temperature: Optional[float] = None
     # What to do with malformed rows of an imported human-label file: error | skip
     human_labels_on_error: OnError = OnError.error
+    # A labels file that labels only some of the exported pairs: pause (again, saying how many are left) |
+    # accept (train on the labelled ones) | fallback (the current reward model labels the rest, per row)
+    human_labels_partial: PartialLabels = PartialLabels.pause
     # Labeler of fresh completions: annotator | reward_model | human
     labeler: Labeler = Labeler.annotator
     annotator: str = "careful"

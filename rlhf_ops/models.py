@@ -24,9 +24,9 @@ from transformers import (
 )
 
 from .artifacts import InputError
+from .checkpoints import ENSEMBLE_FILE, check_checkpoint_dir  # noqa: F401  (re-exported)
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-ENSEMBLE_FILE = "ensemble.json"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -88,24 +88,6 @@ def build_tiny_reward(cfg, tokenizer, seed: int) -> LlamaForSequenceClassificati
 def save_model(model, tokenizer, path: str | Path) -> None:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-
-
-def check_checkpoint_dir(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not str(path) or not path.is_dir():
-        raise InputError(f"{what} checkpoint not found: {path} (expected a directory from save_pretrained)")
-    if (path / ENSEMBLE_FILE).is_file():
-        return path
-    if not (path / "config.json").is_file():
-        raise InputError(f"{what} checkpoint {path} has no config.json")
-    quant = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
-    if quant.get("quant_method") == "gguf":
-        raise InputError(f"{what} checkpoint {path}: config.json still says quantization_config.quant_method=gguf (a "
-                         "model converted from a GGUF file); delete the quantization_config entry, so it loads as "
-                         "plain weights")
-    if not any(path.glob("*.safetensors")):
-        raise InputError(f"{what} checkpoint {path} has no .safetensors weights (only safetensors are loaded)")
-    return path
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):

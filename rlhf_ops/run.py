@@ -7,9 +7,12 @@ on the io.* paths. In a sweep (Hydra multirun) a failing job is recorded in its 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -39,6 +42,45 @@ def stage_log_path(output: str | Path) -> Path:
     atomically and must hold only the checkpoint."""
     out = Path(output)
     return out.with_name(out.name + ".log")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT, raised in the main thread at the next Python instruction: the step in flight
+    unwinds as from a Ctrl-C (its row is marked failed, its temporary output removed, the run lock
+    released) and the run resumes with the same command."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """The first SIGTERM / SIGINT stops the run cleanly; a second one, during that clean-up, exits at once
+    (os._exit: every ledger write is a transaction and every output is published by a rename, so what
+    is on disk stays consistent; the resume moves the step's leftovers aside). A cluster's preemption
+    (SIGTERM, then SIGKILL after a grace period) loses at most the step in flight."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def second(signum, frame):
+        console.echo(f"rlhf_ops: {signal.Signals(signum).name} again: exiting now; resume with the same command")
+        os._exit(128 + signum)
+
+    def first(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, second)
+        raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, first)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_one_stage(cfg: DictConfig) -> dict:
@@ -79,21 +121,25 @@ def run(cfg: DictConfig):
     console.configure(verbose=bool(cfg.get("verbose", False)))  # verbose=false: library output goes to per-step log files
     t0 = time.time()
     try:
-        validate_config(cfg)
-        if cfg.job in STAGE_JOBS:
-            return run_one_stage(cfg)
-        from .loop.runner import run_loop
-        from .report import sweep_objective_from_env
+        with stop_on_signals():
+            validate_config(cfg)
+            if cfg.job in STAGE_JOBS:
+                return run_one_stage(cfg)
+            from .loop.runner import run_loop
+            from .report import sweep_objective_from_env
 
-        summary = run_loop(cfg)
+            summary = run_loop(cfg)
         # A float only in an Optuna sweep (conf/sweep/optuna_kl_budget.yaml): final gold under a KL budget.
         objective = sweep_objective_from_env(summary)
         return summary if objective is None else objective
     except KeyboardInterrupt as e:
-        # Ctrl-C: the step's traceback is in its log; a loop resumes with the same command.
+        # Ctrl-C or SIGTERM: the step's traceback is in its log; a loop resumes with the same command.
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         where = f" (log: {console.failed_log(e)})" if console.failed_log(e) else ""
-        print(f"rlhf_ops: interrupted{where}", file=sys.stderr, flush=True)
-        sys.exit(130)
+        again = (f"; resume with the same command (run_dir={cfg.run_dir})" if cfg.job not in STAGE_JOBS
+                 else "; nothing was published to io.output")
+        print(f"rlhf_ops: interrupted by {signal.Signals(signum).name}{where}{again}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
     except Exception as e:  # noqa: BLE001 - reported, then re-raised or recorded
         msg = f"{type(e).__name__}: {e}".strip()
         if console.failed_log(e):  # the failed step's full output and traceback are in its log

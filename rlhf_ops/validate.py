@@ -47,6 +47,10 @@ def _loop_ranges(cfg) -> None:
     for key in ("prompts_per_iteration", "eval_samples_per_prompt"):
         _check(lp[key] >= 1, f"loop.{key}", lp[key], "must be >= 1")
     _check(lp.completions_per_prompt >= 1, "loop.completions_per_prompt", lp.completions_per_prompt, "must be >= 1")
+    _check(lp.min_pairs >= 0, "loop.min_pairs", lp.min_pairs, "must be >= 0")
+    if "label" in lp.steps and lp.min_pairs > lp.prompts_per_iteration:
+        raise ValueError(f"loop.min_pairs={lp.min_pairs}: a labeler gives at most one pair per prompt, and "
+                         f"loop.prompts_per_iteration={lp.prompts_per_iteration}: every iteration would be abandoned")
     if "label" in lp.steps and lp.completions_per_prompt < 2:
         raise ValueError(f"loop.completions_per_prompt={lp.completions_per_prompt}: a labeler compares completions "
                          "of one prompt, so it needs >= 2 (with 1 every iteration gives zero pairs)")
@@ -113,6 +117,10 @@ def validate_config(cfg) -> None:
                     else " (point at the directory that holds config.json and the .safetensors weights)")
             raise ValueError(f"model.path: {p} is a file, not a checkpoint directory{hint}")
         raise ValueError(f"model.path: no checkpoint directory at {cfg.model.path}")
+    if cfg.model.path:
+        from .checkpoints import check_checkpoint_dir
+
+        check_checkpoint_dir(cfg.model.path, "model.path", tokenizer=True)
     if cfg.launcher.deepspeed:
         from .launcher import resolve_deepspeed
 

@@ -125,3 +125,55 @@ def test_loop_refuses_prompts_too_long_for_the_context_before_any_training(tmp_p
     assert p.returncode == 1
     assert "prompts_train.parquet: row 0: prompt is" in p.stderr and "longer than the 8 allowed" in p.stderr
     assert not (run_dir / "setup" / "sft").exists(), "nothing was trained"
+
+
+def test_a_run_dir_of_someone_elses_files_is_refused_and_left_alone(tmp_path):
+    """A run dir that holds a user's files (their own config.yaml, summary.json) and no ledger is refused
+    before anything is written; overwrite=true moves them aside, saying where, and never deletes them."""
+    from conftest import TINY, run_cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("mine: 1\n")
+    (run_dir / "summary.json").write_text('{"mine": true}')
+    p = run_cli("+experiment=quickstart", *TINY, "loop.iterations=1", f"run_dir={run_dir}")
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "holds files that no run ledger accounts for (config.yaml, summary.json)" in p.stderr
+    assert "ledger.sqlite is missing although a run's results are here" in p.stderr
+    assert sorted(q.name for q in run_dir.iterdir()) == ["config.yaml", "summary.json"]
+    assert (run_dir / "config.yaml").read_text() == "mine: 1\n"
+    from rlhf_ops.loop.runner import claim_run_dir
+
+    claim_run_dir(run_dir, overwrite=True)
+    aside = tmp_path / "run.moved-aside-1"
+    assert (aside / "config.yaml").read_text() == "mine: 1\n" and not list(run_dir.iterdir())
+
+
+def test_a_ledger_without_its_progress_beside_results_is_refused(tmp_path):
+    """A ledger copied without its WAL (where the commits were) looks empty: refused, not restarted over."""
+    from rlhf_ops.artifacts import OutputExistsError
+    from rlhf_ops.ledger import Ledger
+    from rlhf_ops.loop.runner import check_ledger_matches_dir
+
+    (tmp_path / "setup" / "sft").mkdir(parents=True)
+    with Ledger(tmp_path) as ledger:
+        check_ledger_matches_dir(tmp_path, ledger)  # an empty step dir (killed before its first commit) is fine
+        (tmp_path / "setup" / "sft" / "model.safetensors").write_bytes(b"x")
+        with pytest.raises(OutputExistsError, match="records no step, but the run dir holds a run's results "
+                                                    r"\(setup\).*ledger.sqlite-wal"):
+            check_ledger_matches_dir(tmp_path, ledger)
+
+
+def test_an_existing_folder_of_the_users_is_not_a_stage_output(tiny_assets, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    data = str(tiny_assets["sft"])
+    with pytest.raises(OutputExistsError, match="holds files rlhf_ops did not write"):
+        run_stage("sft", cfg=stage_cfg("sft", max_steps=1), inputs={"policy": tiny_assets["policy"], "data": data},
+                  output=out, seed=0, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    run_stage("sft", cfg=stage_cfg("sft", max_steps=1), inputs={"policy": tiny_assets["policy"], "data": data},
+              output=out, seed=0, progress=False, overwrite=True)
+    (aside,) = tmp_path.glob("out.moved-aside-*")
+    assert (aside / "notes.txt").read_text() == "mine" and (out / "stage_meta.json").is_file()

@@ -18,6 +18,7 @@ from rlhf_ops.cli import compose, precheck
     ("loop.eval_temperature=0", "loop.eval_temperature=0.0 must be > 0"),
     ("loop.prompts_per_iteration=0", "loop.prompts_per_iteration=0 must be >= 1"),
     ("loop.completions_per_prompt=1", "loop.completions_per_prompt=1: a labeler compares completions"),
+    ("loop.min_pairs=99", "loop.min_pairs=99: a labeler gives at most one pair per prompt"),
     ("stage.dpo.learning_rate=-1e-5", "stage.dpo.learning_rate=-1e-05 must be a finite number > 0"),
     ("seed=-3", "seed=-3 must be >= 0"),
     ("loop.min_win_rate=1.5", "loop.min_win_rate=1.5 must be in [0, 1] or null"),

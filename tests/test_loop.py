@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 
 LOOP = ["+experiment=quickstart", *TINY, "loop.iterations=2"]
 
@@ -91,6 +91,49 @@ def test_resume_after_kill_matches_uninterrupted_run(full_run, tmp_path):
         assert y["kl"] == pytest.approx(x["kl"], rel=1e-4, abs=1e-6)
         assert y["proxy"] == pytest.approx(x["proxy"], rel=1e-4, abs=1e-6)
     assert ledger_rows(run_dir, "select count(*) from stage_runs where status='done'")[0][0] == 18
+
+
+def _same_iterations(a: dict, b: dict) -> None:
+    exact = ("status", "gold", "length", "beta")
+    assert [{k: it[k] for k in exact} for it in a["iterations"]] == [{k: it[k] for k in exact} for it in b["iterations"]]
+    for x, y in zip(a["iterations"], b["iterations"]):  # see test_resume_after_kill_matches_uninterrupted_run
+        assert y["kl"] == pytest.approx(x["kl"], rel=1e-4, abs=1e-6)
+        assert y["proxy"] == pytest.approx(x["proxy"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_step_stops_cleanly_and_the_same_command_resumes(full_run, tmp_path, sig):
+    """SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) while iteration 1's PPO is training: one line
+    saying how to resume, the step's row failed (not 'running'), no temporary output, the lock released;
+    the same command then ends with the uninterrupted run's numbers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / sig
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_ops", *LOOP, f"run_dir={run_dir}"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "iter_001" / "policy_update" / "policy.tmp").is_dir():  # the PPO stage trains into it
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before the signal could be sent"
+    time.sleep(1.0)
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + getattr(signal, sig), err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert f"interrupted by {sig}" in last and "resume with the same command" in last, last
+    assert not ledger_rows(run_dir, "select * from stage_runs where status = 'running'")
+    (error,) = ledger_rows(run_dir, "select error from stage_runs where status = 'failed'")[0]
+    assert error.startswith("Interrupted"), error
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / ".lock").exists()
+    assert ledger_rows(run_dir, "select status from runs")[-1] == ("failed",)
+    p = run_cli(*LOOP, f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    _same_iterations(summary(full_run[0]), summary(run_dir))
 
 
 def test_changed_config_on_resume_is_refused(full_run):

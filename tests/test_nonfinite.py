@@ -62,3 +62,43 @@ def test_poisoned_iteration_is_abandoned_and_rolled_back(nan_rm, tmp_path):
     assert s.force_rm_refresh is True and s.lr_scale == 0.5 and s.n_rollbacks == 1
     assert g.rollbacks[0]["detector"] == "abandoned" and "gave nan" in g.rollbacks[0]["reason"]
     assert math.isclose(s.kl_state["beta"], 0.05)
+
+
+@pytest.fixture(scope="module")
+def flat_rm(tiny_assets, tmp_path_factory):
+    """A reward model that scores every text the same (a zero score head): every pair is a tie."""
+    out = tmp_path_factory.mktemp("flat") / "rm"
+    rm = load_sequence_classifier(tiny_assets["policy"])
+    with torch.no_grad():
+        rm.score.weight.zero_()
+    save_model(rm, load_tokenizer(tiny_assets["policy"]), out)
+    return str(out)
+
+
+def test_an_iteration_of_ties_is_abandoned_not_trained_on(flat_rm, tmp_path):
+    """The RM labeler gives no label for a tie; with fewer usable pairs than loop.min_pairs the
+    iteration is abandoned (nothing written) and the gate rolls it back, with no remedy to apply."""
+    from conftest import step_ctx, typed_cfg
+
+    prompts = [f"Review the hotel. Talk about the service {i}.\nReview:" for i in range(6)]
+    completions = pd.DataFrame({"prompt": [p for p in prompts for _ in (0, 1)],
+                                "prompt_id": [f"p{i}" for i in range(6) for _ in (0, 1)],
+                                "completion": [c for _ in prompts for c in (" Good.", " Bad.")], "empty": False})
+    assert RewardModelLabeler(flat_rm).label([{"prompt": prompts[0], "prompt_id": "p0"}], [[" Good.", " Bad."]],
+                                             iteration=0, checkpoint="x").empty
+    cfg = typed_cfg("loop.labeler=reward_model", "loop.detectors=[]", "loop.min_pairs=4")
+    kl = FixedKL(0.05).state_dict()
+    good = LastGood(-1, "SFT", "RM0", kl, {"x": 1}, 0, 1.0, {"gold": 0.1}, None)
+    state = LoopState(rm=flat_rm, policy="P", cursor=8, kl_state=kl, rm_policy_state={"y": 2}, last_good=good,
+                      history=[good.eval])
+    state.work.completions = str(write_table(completions, tmp_path / "c.parquet"))
+    ctx = step_ctx(cfg, "label", 0, tmp_path, state)
+    with pytest.raises(AbandonIteration, match=r"labeler: 0 usable pair\(s\) from 6 prompt\(s\), fewer than "
+                                               r"loop.min_pairs=4") as e:
+        iteration.label(ctx)
+    assert not list(ctx.dir.iterdir()) and not (tmp_path / iteration.STORE).exists()
+    state.work.abandoned, state.work.abandon_remedies = f"label: {e.value.reason}", e.value.remedies
+    g = step_ctx(cfg, "gate", 0, tmp_path, state)
+    iteration.gate(g)
+    assert g.iteration_status["status"] == "rolled_back" and g.state.policy == "SFT"
+    assert g.state.lr_scale == 1.0 and g.state.force_rm_refresh is False, "no remedy for a labeler that gave nothing"

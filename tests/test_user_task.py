@@ -124,5 +124,7 @@ def test_a_model_converted_from_gguf_with_its_quantization_config_left_in_is_nam
     p = run_cli("+experiment=quickstart", *files_args(user, f"model.path={model}", "loop.labeler=human",
                                                      f"run_dir={tmp_path / 'r'}"),
                 timeout=120)
-    assert p.returncode == 1 and "quantization_config.quant_method=gguf" in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 2 and "quantization_config.quant_method=gguf" in p.stderr, p.stderr[-2000:]
+    assert p.stderr.startswith("rlhf_ops: config error: model.path checkpoint"), "refused at start-up"
+    assert not (tmp_path / "r").exists(), "before anything is written"
     assert json.loads((model / "config.json").read_text())["quantization_config"], "the user's files are left alone"

@@ -43,8 +43,8 @@ class RewardModelLabeler:
                                            f"prompt {row['prompt_id']!r}; refusing to label this batch")
             order = sorted(range(len(cs)), key=lambda i: ss[i])
             best, worst = cs[order[-1]], cs[order[0]]
-            if best == worst:
-                continue
+            if best == worst or ss[order[-1]] == ss[order[0]]:
+                continue  # identical texts, or a tie: the RM prefers neither, so there is no label
             records.append({
                 "pair_id": make_pair_id("rm", iteration, checkpoint, row["prompt_id"], j, best, worst),
                 "prompt": row["prompt"], "prompt_id": row["prompt_id"], "chosen": best, "rejected": worst,

@@ -75,13 +75,26 @@ def label(ctx) -> None:
     labeler = make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
                            reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
     if lp.labeler == "human":
-        labeler.on_error = lp.human_labels_on_error
+        labeler.on_error, labeler.partial = lp.human_labels_on_error, lp.human_labels_partial
+        if lp.human_labels_partial == "fallback" and s.rm:
+            labeler.fallback = make_labeler("reward_model", reward_model=s.rm,
+                                            trust_remote_code=cfg.model.trust_remote_code)
     try:
         pairs = labeler.label(prompt_rows, candidates, iteration=ctx.iteration, checkpoint=s.policy,
                               work_dir=ctx.run_dir / "human_queue" / f"iter_{ctx.iteration:03d}")
     except NonFiniteRewardError as e:  # never trained on: the gate rolls the iteration back
         raise AbandonIteration(f"labeler: {e}", remedies=("refresh_rm", "lower_lr"),
                                metrics={"n_pairs": 0, "nonfinite_rewards": 1.0}) from e
+    equal = (pairs["chosen"] == pairs["rejected"]).astype(bool)
+    if equal.any():
+        log.warning("iteration %d: %d pair(s) from the %s labeler have the same text on both sides; dropped",
+                    ctx.iteration, int(equal.sum()), lp.labeler)
+        pairs = pairs[~equal].reset_index(drop=True)
+    if len(pairs) < lp.min_pairs:  # a broken labeler must not pass as a quiet iteration
+        raise AbandonIteration(
+            f"labeler: {len(pairs)} usable pair(s) from {len(prompt_rows)} prompt(s), fewer than loop.min_pairs="
+            f"{lp.min_pairs} (ties and identical sides are not usable); nothing is trained on them",
+            remedies=("none",), metrics={"n_pairs": len(pairs), "n_equal_pairs": int(equal.sum())})
     gold = task_gold(ctx)
     pairs = with_gold(pairs, gold)
     s.work.pairs = str(write_table(pairs, ctx.dir / "pairs.parquet"))

@@ -16,8 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .. import console
-from ..artifacts import write_json_atomic, write_text_atomic
-from ..ledger import Ledger
+from ..artifacts import OutputExistsError, write_json_atomic, write_text_atomic
+from ..ledger import LEDGER_FILENAME, Ledger
 from ..runlock import RunLock
 from ..tracking import Tracker, scrub_secrets
 from .recipe import SETUP, StepRunner
@@ -94,12 +94,58 @@ def write_derived(run_dir: Path, cfg: dict, ledger: Ledger, status: str, stopped
     return summary
 
 
+# What Hydra writes into its output dir before the job starts (the default run_dir is that dir).
+HYDRA_OWN = {".hydra", "cli.log"}
+# What only a run writes; found without a ledger, a run dir's progress record is gone.
+RUN_OWN = ("setup", "iter_000", "summary.json", "LATEST_GOOD", "preferences")
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A run dir is ours when its ledger is there; anything else in it is a user's, or a run's whose
+    ledger was lost: refused (nothing there is touched), or with overwrite=true moved aside, said on
+    the console, never deleted. Hydra's own files (.hydra/, cli.log) do not count."""
+    if not run_dir.is_dir() or (run_dir / LEDGER_FILENAME).exists():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in HYDRA_OWN and p.name != ".lock")
+    if not foreign:
+        return
+    k = 1
+    while run_dir.with_name(f"{run_dir.name}.moved-aside-{k}").exists():
+        k += 1
+    aside = run_dir.with_name(f"{run_dir.name}.moved-aside-{k}")
+    shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+    if not overwrite:
+        lost = (f"; {LEDGER_FILENAME} is missing although a run's results are here: restore the ledger file "
+                "(with its -wal file, if it had one) to resume" if any(n in RUN_OWN for n in foreign) else "")
+        raise OutputExistsError(f"run_dir {run_dir} holds files that no run ledger accounts for ({shown}){lost}; "
+                                "choose another run_dir, or pass overwrite=true to move them aside (never deleted)")
+    aside.mkdir()
+    for name in foreign:
+        (run_dir / name).rename(aside / name)
+    console.echo(f"rlhf_ops: run_dir {run_dir} held files no run ledger accounts for ({shown}): moved to {aside}")
+
+
+def check_ledger_matches_dir(run_dir: Path, ledger: Ledger) -> None:
+    """A ledger with no step recorded beside step outputs lost its progress (e.g. copied without its
+    WAL file, where the commits were): refused, never silently restarted over them."""
+    if ledger.stage_history():
+        return
+    there = [n for n in RUN_OWN if (run_dir / n).is_file() or any(p.is_file() for p in (run_dir / n).rglob("*"))]
+    if there:
+        raise OutputExistsError(
+            f"{run_dir / LEDGER_FILENAME} records no step, but the run dir holds a run's results ({', '.join(there)}): "
+            f"the ledger lost its progress (was it copied without {LEDGER_FILENAME}-wal?); restore that file to "
+            "resume, or use a new run_dir")
+
+
 def run_loop(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
+    claim_run_dir(run_dir, bool(cfg.overwrite))
     run_dir.mkdir(parents=True, exist_ok=True)
     plain = plain_config(cfg)
     typed = OmegaConf.to_object(cfg)  # the one conversion: every step reads these dataclasses
     with RunLock(run_dir), Ledger(run_dir) as ledger:
+        check_ledger_matches_dir(run_dir, ledger)
         diffs = ledger.check_config(plain, allow_changed=cfg.allow_config_change)
         for d in diffs:
             log.warning("resuming with a changed config: %s", d)

@@ -34,6 +34,8 @@ BAD_LINES = [
     ("wrong choice", b'{"pair_id": "p2", "choice": "A"}\n', "'choice' must be 'a' or 'b', got 'A'"),
     ("empty id", b'{"pair_id": "  ", "choice": "a"}\n', "empty 'pair_id'"),
     ("unknown pair id", b'{"pair_id": "zz", "choice": "a"}\n', "unknown pair_id 'zz' (not in to_label.jsonl)"),
+    ("unknown field", b'{"pair_id": "p2", "choice": "a", "why": "x"}\n',
+     "unknown field(s) ['why'] (a label row has only ['pair_id', 'choice'])"),
     ("duplicate row", b'{"pair_id": "p1", "choice": "b"}\n', "duplicate label for pair_id 'p1'"),
     ("not UTF-8", b'{"pair_id": "p2", "choice": "\xe9"}\n', "not UTF-8 text (invalid continuation byte at byte 29)"),
 ]
@@ -53,14 +55,14 @@ def test_bad_label_line_is_an_error_naming_file_and_line(tmp_path, what, line, p
 def test_skip_uses_the_good_rows_and_counts_the_bad_ones(tmp_path, caplog):
     path = tmp_path / "labels.jsonl"
     path.write_bytes(GOOD.encode() + b"".join(line for _, line, _ in BAD_LINES) + b'{"pair_id": "p3", "choice": "b"}\n')
-    with pytest.raises(InputError, match=re.escape(f"{path}:2: not valid JSON (Expecting ',' delimiter) (and 8 more)")):
+    with pytest.raises(InputError, match=re.escape(f"{path}:2: not valid JSON (Expecting ',' delimiter) (and 9 more)")):
         read_labels(path, KNOWN)
     with caplog.at_level(logging.WARNING, logger="rlhf_ops.labelers.human"):
         choices, problems = read_labels(path, KNOWN, on_error="skip")
     assert choices == {"p1": "a", "p3": "b"}
     assert [p.split(": ", 1)[1] for p in problems] == [problem for _, _, problem in BAD_LINES]
-    assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{n}" for n in range(2, 11)]
-    assert f"skipped 9 malformed label row(s) in {path}; first: {path}:2: not valid JSON" in caplog.text
+    assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{n}" for n in range(2, 12)]
+    assert f"skipped 10 malformed label row(s) in {path}; first: {path}:2: not valid JSON" in caplog.text
 
 
 def test_byte_order_mark_and_blank_lines_are_fine(tmp_path):
@@ -80,18 +82,25 @@ def completions(tmp_path: Path, texts: list[str]) -> str:
     return str(write_table(df, tmp_path / "completions.parquet"))
 
 
-def label_ctx(tmp_path: Path, comp: str, labeler: str):
+def label_ctx(tmp_path: Path, comp: str, labeler: str, *overrides: str):
     from conftest import step_ctx, typed_cfg
 
     state = LoopState(rm="unused", policy="policy")
     state.work.completions = comp
-    return step_ctx(typed_cfg(f"loop.labeler={labeler}"), "label", 0, tmp_path, state)
+    return step_ctx(typed_cfg(f"loop.labeler={labeler}", *overrides), "label", 0, tmp_path, state)
 
 
 @pytest.mark.parametrize("labeler", ["annotator", "human"])
 def test_all_empty_completions_give_zero_pairs(tmp_path, labeler):
-    """All padding/EOS (empty after strip): nothing to label, no crash, no pause for a person."""
-    ctx = label_ctx(tmp_path, completions(tmp_path, ["", "   ", "\n", ""]), labeler)
+    """All padding/EOS (empty after strip): nothing to label, no crash, no pause for a person. Fewer
+    pairs than loop.min_pairs abandons the iteration (rolled back, never trained on); with
+    loop.min_pairs=0 it goes on without fresh pairs."""
+    from rlhf_ops.loop.errors import AbandonIteration
+
+    comp = completions(tmp_path, ["", "   ", "\n", ""])
+    with pytest.raises(AbandonIteration, match=r"0 usable pair\(s\) from 0 prompt\(s\), fewer than loop.min_pairs=4"):
+        iteration.label(label_ctx(tmp_path, comp, labeler))
+    ctx = label_ctx(tmp_path, comp, labeler, "loop.min_pairs=0")
     iteration.label(ctx)
     pairs = pd.read_parquet(ctx.state.work.pairs)
     assert len(pairs) == 0 and ctx.metrics["n_pairs"] == 0
@@ -101,7 +110,7 @@ def test_all_empty_completions_give_zero_pairs(tmp_path, labeler):
 def test_empty_completions_are_skipped_and_the_rest_labelled(tmp_path):
     texts = ["The service was friendly and quick.", "", "", " ",
              "The staff were rude.", "The service was slow but kind."]
-    ctx = label_ctx(tmp_path, completions(tmp_path, texts), "annotator")
+    ctx = label_ctx(tmp_path, completions(tmp_path, texts), "annotator", "loop.min_pairs=1")
     iteration.label(ctx)
     pairs = pd.read_parquet(ctx.state.work.pairs)
     assert len(pairs) == 1 and pairs["prompt_id"].tolist() == ["p2"]
@@ -112,7 +121,8 @@ def test_empty_completions_are_skipped_and_the_rest_labelled(tmp_path):
 
 def test_cli_skips_malformed_labels_with_a_counted_warning(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["loop.labeler=human", "loop.iterations=1", "loop.human_labels_on_error=skip"]
+    args = ["loop.labeler=human", "loop.iterations=1", "loop.human_labels_on_error=skip",
+            "loop.human_labels_partial=accept"]  # the first pair is left unlabelled
     p = fi.run_cli(run_dir, *args)
     assert p.returncode == 0 and "waiting for human labels" in p.stdout, p.stderr[-2000:]
     queue = run_dir / "human_queue" / "iter_000"
@@ -132,3 +142,57 @@ def test_cli_skips_malformed_labels_with_a_counted_warning(tmp_path):
     assert fi.read_summary(run_dir)["status"] == "completed"
     for f, content in before.items():
         assert f.read_bytes() == content, f"{f} changed"
+
+
+# -- a labels file that labels only some pairs; edited exports -------------------------------------------------
+
+def _queue(tmp_path: Path, n: int = 3):
+    from rlhf_ops.labelers.human import HumanQueueLabeler
+
+    rows = [{"prompt": f"Review {i}.\nReview:", "prompt_id": f"p{i}"} for i in range(n)]
+    cands = [[f" Good {i}.", f" Bad {i}."] for i in range(n)]
+    q = tmp_path / "queue"
+    with pytest.raises(iteration.StopLoop, match=f"waiting for human labels: {n} pairs"):
+        HumanQueueLabeler().label(rows, cands, iteration=0, checkpoint="ck", work_dir=q)
+    pending = [json.loads(line) for line in (q / "to_label.jsonl").read_text().splitlines()]
+    (q / "labels.jsonl").write_text(json.dumps({"pair_id": pending[0]["pair_id"], "choice": "b"}) + "\n")
+    return rows, cands, q, pending
+
+
+class _FakeRM:  # stands in for the current reward model: prefers the longer text
+    def label(self, prompt_rows, candidates, *, iteration, checkpoint, work_dir=None):
+        from rlhf_ops.pairs import PAIR_COLUMNS
+
+        recs = [{"pair_id": "rm-x", "prompt": r["prompt"], "prompt_id": r["prompt_id"], "chosen": max(c, key=len),
+                 "rejected": min(c, key=len), "gold_chosen": float("nan"), "gold_rejected": float("nan"),
+                 "labeler": "rm:RM", "iteration": iteration, "policy_checkpoint": checkpoint, "source": "policy"}
+                for r, c in zip(prompt_rows, candidates)]
+        return pd.DataFrame.from_records(recs, columns=PAIR_COLUMNS)
+
+
+def test_a_partial_labels_file_pauses_again_by_default(tmp_path):
+    from rlhf_ops.labelers.human import HumanQueueLabeler
+
+    rows, cands, q, pending = _queue(tmp_path)
+    with pytest.raises(iteration.StopLoop, match=r"labels 1 of 3 pairs; 2 are still unlabelled .*"
+                                                 r"loop.human_labels_partial=accept"):
+        HumanQueueLabeler().label(rows, cands, iteration=0, checkpoint="ck", work_dir=q)
+    got = HumanQueueLabeler(partial="accept").label(rows, cands, iteration=0, checkpoint="ck", work_dir=q)
+    assert got["pair_id"].tolist() == [pending[0]["pair_id"]] and got["chosen"].tolist() == [pending[0]["b"]]
+    got = HumanQueueLabeler(partial="fallback", fallback=_FakeRM()).label(rows, cands, iteration=0, checkpoint="ck",
+                                                                          work_dir=q)
+    assert sorted(got["pair_id"]) == sorted(p["pair_id"] for p in pending), "the exported ids, every pair once"
+    by = dict(zip(got["pair_id"], got["labeler"]))
+    assert by[pending[0]["pair_id"]] == "human" and {by[p["pair_id"]] for p in pending[1:]} == {"rm:RM"}
+    with pytest.raises(InputError, match="no reward model yet"):
+        HumanQueueLabeler(partial="fallback").label(rows, cands, iteration=0, checkpoint="ck", work_dir=q)
+
+
+def test_an_export_edited_into_equal_sides_is_refused(tmp_path):
+    from rlhf_ops.labelers.human import HumanQueueLabeler
+
+    rows, cands, q, pending = _queue(tmp_path)
+    pending[1]["b"] = pending[1]["a"]
+    (q / "to_label.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pending))
+    with pytest.raises(InputError, match=f"pair '{pending[1]['pair_id']}' has the same text as 'a' and 'b'"):
+        HumanQueueLabeler(partial="accept").label(rows, cands, iteration=0, checkpoint="ck", work_dir=q)
