@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from datasets import Dataset
 
@@ -114,7 +115,7 @@ def train(spec: dict) -> dict:
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=dataset)
     quiet(trainer, spec)
-    fit(trainer)
+    fit(trainer, collecting_modules=[sys.modules[PPOTrainer.__module__]])  # its update calls gc.collect() twice
     metrics = log_history_metrics(trainer)
     metrics["kl_coef"] = args.kl_coef
     metrics["n_prompts"] = len(prompts)
