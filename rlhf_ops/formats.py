@@ -17,12 +17,14 @@ Every error names the file, the row and the expected columns.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from .artifacts import InputError, read_table
 
+log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant", "tool")
 EXPECTED = {
     "prompts": "a 'prompt' column (text, or a list of {role, content} messages)",
@@ -53,6 +55,12 @@ def read_any(path: str | Path, what: str) -> pd.DataFrame:
     if p.is_dir():
         raise InputError(f"{what} path {p} is a directory but not a datasets folder (no dataset_info.json); "
                          "expected a .jsonl or .parquet file or a save_to_disk folder")
+    if p.suffix in (".jsonl", ".json") and p.is_file():
+        with open(p, "rb") as f:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(b"["):  # else parsed as lines: "line 1: not valid JSON" or a table of list columns
+            raise InputError(f"{p}: a JSON array; {what} files are JSON lines, one object per line "
+                             "(convert with: jq -c '.[]' FILE > FILE.jsonl)")
     return read_table(p, what=what)
 
 
@@ -112,6 +120,20 @@ def normalize_prompts(df: pd.DataFrame, path) -> pd.DataFrame:
             raise InputError(f"{where}: a conversational prompt must not end with an assistant message")
         prompts.append(msgs if msgs is not None else _text(v, where, "prompt"))
     ids = [str(x) for x in df["prompt_id"]] if "prompt_id" in df.columns else [f"row{i:06d}" for i in range(len(df))]
+    keys, first = [source_key(p) for p in prompts], {}
+    for i, (pid, key) in enumerate(zip(ids, keys)):
+        j = first.setdefault(pid, i)
+        if keys[j] != key:  # collect groups completions by prompt_id: two prompts would be judged as one
+            raise InputError(f"{path}: row {i}: prompt_id {pid!r} is also row {j}'s, a different prompt; "
+                             "prompt ids must be unique")
+    seen: dict[str, int] = {}
+    repeats = []
+    for i, key in enumerate(keys):
+        if seen.setdefault(key, i) != i:
+            repeats.append((i, seen[key]))
+    if repeats:  # one warning per file, however many
+        log.warning("%s: %d duplicate prompt(s) (first: row %d repeats row %d); each copy is kept as its own prompt",
+                    path, len(repeats), *repeats[0])
     return pd.DataFrame({"prompt": prompts, "prompt_id": ids})
 
 

@@ -40,6 +40,60 @@ def _ranges(cfg) -> None:
     _check(_finite(cfg.stage.dpo.beta) and cfg.stage.dpo.beta > 0, "stage.dpo.beta", cfg.stage.dpo.beta, "must be > 0")
     _check(0 <= cfg.stage.reward.eval_fraction < 1, "stage.reward.eval_fraction", cfg.stage.reward.eval_fraction,
            "must be in [0, 1)")
+    # Found by scripts/bad_inputs.py: each of these failed only inside a trainer, or never (NaN weights, no update).
+    _check(cfg.seed < 2**31, "seed", cfg.seed, "must be < 2**31 (numpy's seeds, derived from it per member and "
+           "process, must stay below 2**32)")
+    for name in ("sft", "reward", "ppo", "dpo"):
+        st = cfg.stage[name]
+        _check(st.logging_steps >= 1, f"stage.{name}.logging_steps", st.logging_steps, "must be >= 1")
+        if "warmup_steps" in st:
+            _check(st.warmup_steps >= 0, f"stage.{name}.warmup_steps", st.warmup_steps, "must be >= 0")
+        if "weight_decay" in st:
+            _check(_finite(st.weight_decay) and st.weight_decay >= 0, f"stage.{name}.weight_decay", st.weight_decay,
+                   "must be a finite number >= 0")
+    _check(ppo.num_ppo_epochs >= 1, "stage.ppo.num_ppo_epochs", ppo.num_ppo_epochs, "must be >= 1 (0 never updates)")
+    _check(_finite(ppo.cliprange) and ppo.cliprange > 0, "stage.ppo.cliprange", ppo.cliprange,
+           "must be a finite number > 0")
+    _check(_finite(ppo.vf_coef) and ppo.vf_coef >= 0, "stage.ppo.vf_coef", ppo.vf_coef, "must be a finite number >= 0")
+    _check(ppo.local_rollout_forward_batch_size >= 1, "stage.ppo.local_rollout_forward_batch_size",
+           ppo.local_rollout_forward_batch_size, "must be >= 1")
+    if ppo.missing_eos_penalty is not None:
+        _check(_finite(ppo.missing_eos_penalty) and ppo.missing_eos_penalty >= 0, "stage.ppo.missing_eos_penalty",
+               ppo.missing_eos_penalty, "must be a finite number >= 0 or null (it is subtracted from the score)")
+    crc = cfg.stage.reward.center_rewards_coefficient
+    if crc is not None:
+        _check(_finite(crc) and crc >= 0, "stage.reward.center_rewards_coefficient", crc,
+               "must be a finite number >= 0 or null")
+    _check(str(cfg.stage.dpo.loss_type) in DPO_LOSS_TYPES, "stage.dpo.loss_type", cfg.stage.dpo.loss_type,
+           f"must be one of TRL's DPO losses: {', '.join(DPO_LOSS_TYPES)}")
+    _check(cfg.launcher.num_processes >= 1, "launcher.num_processes", cfg.launcher.num_processes, "must be >= 1")
+    _check(cfg.launcher.timeout_s >= 0, "launcher.timeout_s", cfg.launcher.timeout_s, "must be >= 0 (0 = no limit)")
+    if not cfg.model.path and cfg.job == "loop":  # a one-stage job reads its model from io.*
+        _tiny_model_shape(cfg)
+
+
+# TRL 1.12's DPOTrainer.dpo_loss: any other name fails only in the first DPO step.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+def _tiny_model_shape(cfg) -> None:
+    """The tiny Llama's shape (model=tiny): a bad one failed in prepare's model build or in its first forward."""
+    m = cfg.model
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "max_position_embeddings"):
+        _check(m[key] >= 1, f"model.{key}", m[key], "must be >= 1")
+    _check(m.vocab_size > 256, "model.vocab_size", m.vocab_size, "must be > 256 (the byte-level tokenizer's alphabet)")
+    heads, kv = m.num_heads, min(m.num_kv_heads, m.num_heads)  # as rlhf_ops.models._llama_config
+    _check(heads % kv == 0, "model.num_kv_heads", m.num_kv_heads, f"must divide model.num_heads ({heads})")
+    for key in ("reward_hidden_size", "reward_num_layers"):
+        _check(m[key] >= 0, f"model.{key}", m[key], "must be >= 0 (0 = the policy's)")
+    for key in ("hidden_size", "reward_hidden_size"):
+        if m[key]:
+            _check(m[key] % (2 * heads) == 0, f"model.{key}", m[key],
+                   f"must be a multiple of 2 x model.num_heads ({2 * heads}): an even head size, as RoPE needs")
+    rl = cfg.stage.ppo.response_length
+    _check(rl < m.max_position_embeddings, "stage.ppo.response_length", rl,
+           f"must be < model.max_position_embeddings ({m.max_position_embeddings}), leaving room for a prompt")
 
 
 def _loop_ranges(cfg) -> None:
@@ -76,6 +130,15 @@ def _loop_ranges(cfg) -> None:
     _check(0 < lp.rm_heldout_fraction < 1, "loop.rm_heldout_fraction", lp.rm_heldout_fraction, "must be in (0, 1)")
     if lp.max_rollbacks is not None:
         _check(lp.max_rollbacks >= 1, "loop.max_rollbacks", lp.max_rollbacks, "must be >= 1 or null")
+    # Found by scripts/bad_inputs.py: failed at the first policy update or rollback, or were silently ignored.
+    _check(_finite(kl.remedy_min_beta) and 0 <= kl.remedy_min_beta <= kl.max_beta, "loop.kl.remedy_min_beta",
+           kl.remedy_min_beta, f"must be in [0, loop.kl.max_beta={kl.max_beta}]")
+    _check(_finite(lp.lr_end_mult) and lp.lr_end_mult >= 0, "loop.lr_end_mult", lp.lr_end_mult,
+           "must be a finite number >= 0")
+    _check(_finite(lp.ensemble_lambda) and lp.ensemble_lambda >= 0, "loop.ensemble_lambda", lp.ensemble_lambda,
+           "must be a finite number >= 0 (it subtracts the ensemble's variance)")
+    if lp.keep_last is not None:
+        _check(lp.keep_last >= 0, "loop.keep_last", lp.keep_last, "must be >= 0 or null (null keeps every checkpoint)")
     vote = str(lp.gate_vote)
     n_detectors = len({d["name"] for d in lp.detectors} | {"non_finite"})  # non_finite is always on
     if vote.isdigit():
@@ -90,6 +153,11 @@ def validate_config(cfg) -> None:
     _ranges(cfg)
     from omegaconf import OmegaConf
 
+    if OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None) == "local" and not cfg.model.path:
+        # conf/model/local.yaml's `path: ???` does not replace the schema's "" (a merge keeps a value over ???):
+        # without this check, model=local with no path built the tiny model instead
+        raise ValueError("model.path: model=local needs model.path=DIR (a local checkpoint directory)")
+
     from .stages import trl_args
 
     for name in ("sft", "reward", "ppo", "dpo"):  # every stage key is TRL's or ours, by name
@@ -101,6 +169,9 @@ def validate_config(cfg) -> None:
                          f"(per_device_train_batch_size x gradient_accumulation_steps = {batch})")
     if ppo.total_episodes < batch:
         raise ValueError(f"stage.ppo.total_episodes={ppo.total_episodes} is smaller than one batch ({batch})")
+    if ppo.whiten_rewards and batch // ppo.num_mini_batches < 8:  # TRL's PPOTrainer asserts it, after loading
+        raise ValueError(f"stage.ppo.whiten_rewards=true needs mini-batches of >= 8 (per_device_train_batch_size x "
+                         f"gradient_accumulation_steps / num_mini_batches = {batch // ppo.num_mini_batches})")
     if cfg.stage.reward.ensemble_size < 1:
         raise ValueError("stage.reward.ensemble_size must be >= 1")
     if cfg.loop.kl.beta < 0:
@@ -120,7 +191,9 @@ def validate_config(cfg) -> None:
     if cfg.model.path:
         from .checkpoints import check_checkpoint_dir
 
+        _model_json_object(Path(cfg.model.path))
         check_checkpoint_dir(cfg.model.path, "model.path", tokenizer=True)
+        _model_dir_extras(cfg, Path(cfg.model.path))
     if cfg.launcher.deepspeed:
         from .launcher import resolve_deepspeed
 
@@ -130,6 +203,53 @@ def validate_config(cfg) -> None:
             raise ValueError(f"io.output: job={cfg.job} needs an output directory (io.output=PATH)")
         return
     _validate_loop(cfg)
+
+
+def _model_json_object(path: Path) -> None:
+    """config.json must be a JSON object (a list or a string failed as an AttributeError naming no file)."""
+    import json
+
+    f = path / "config.json"
+    try:
+        conf = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # absent or not JSON: check_checkpoint_dir says so, naming the file
+    if not isinstance(conf, dict):
+        raise ValueError(f"model.path: {f} holds a JSON {type(conf).__name__}, not an object (a model config)")
+
+
+def _model_dir_extras(cfg, path: Path) -> None:
+    """What check_checkpoint_dir does not read: the tokenizer's JSON (transformers raised a bare JSONDecodeError in
+    prepare), shards a weights index names, the context length the PPO responses need, and keys a real model ignores."""
+    import json
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        f = path / name
+        if f.is_file():
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"model.path: {f} is not valid JSON ({e}): a damaged or partial copy") from None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"model.path: {index} is not a weights index (no weight_map: {e})") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise ValueError(f"model.path: {index} names {len(missing)} missing shard(s) ({', '.join(missing[:3])}): "
+                             "an interrupted download or copy")
+    conf = json.loads((path / "config.json").read_text(encoding="utf-8")) if (path / "config.json").is_file() else {}
+    text = conf.get("text_config") or conf
+    mpe = text.get("max_position_embeddings") or text.get("n_positions")
+    rl = cfg.stage.ppo.response_length
+    if cfg.job == "loop" and isinstance(mpe, int) and rl >= mpe:
+        raise ValueError(f"stage.ppo.response_length={rl} must be < the model's max_position_embeddings ({mpe}, "
+                         f"{path / 'config.json'}), leaving room for a prompt")
+    if cfg.model.reward_init == "scratch":
+        raise ValueError("model.reward_init=scratch builds a tiny reward model, for model=tiny only; with model.path "
+                         "the reward model starts from the model's backbone (model.reward_init=policy)")
 
 
 def _validate_task(cfg) -> None:
@@ -192,3 +312,41 @@ def _validate_loop(cfg) -> None:
                 f"loop.rm_update_every={lp.rm_update_every} / loop.rm_freeze={list(map(list, lp.rm_freeze))}: "
                 f"the reward model can never be updated within loop.iterations={lp.iterations}"
             )
+    _run_dir_ledger(cfg)
+    if lp.policy_update == "ppo" and lp.ensemble_reduce != "mean" and cfg.stage.reward.ensemble_size == 1:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "loop.ensemble_reduce=%s combines an ensemble's members, and stage.reward.ensemble_size=1: with one "
+            "reward model it is the plain mean", lp.ensemble_reduce)
+    for key, step in (("sft_demos_per_prompt", "sft"), ("n_offline_pairs", "rm_warmup")):  # the testbed's sizes
+        if key in cfg.task and step in lp.setup:
+            _check(cfg.task[key] >= 1, f"task.{key}", cfg.task[key], f"must be >= 1 (loop.setup runs {step})")
+
+
+def _run_dir_ledger(cfg) -> None:
+    """A run dir's ledger that is not SQLite (damaged, or another file under its name) failed as a bare
+    "DatabaseError: file is not a database" naming no file."""
+    from omegaconf import OmegaConf
+
+    from .ledger import LEDGER_FILENAME
+
+    run_dir = OmegaConf.select(cfg, "run_dir", default=None, throw_on_resolution_failure=False)
+    if run_dir and Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise ValueError(f"run_dir: {run_dir} is a file, not a folder")
+    ledger = Path(run_dir) / LEDGER_FILENAME if run_dir else None  # None: Hydra's own new dir, resolved later
+    if ledger is not None and ledger.is_file() and ledger.stat().st_size:
+        with open(ledger, "rb") as f:
+            head = f.read(100)
+        if head[:16] != b"SQLite format 3\x00":
+            raise ValueError(f"run_dir: {ledger} is not an SQLite database (damaged, or another file saved under "
+                             "that name); restore it from a copy to resume, or use a new run_dir")
+        # Without a WAL beside it, the file holds every page its header counts (when that count is valid: the
+        # change counter at 24 equals the version-valid-for number at 92; sqlite.org/fileformat.html).
+        wal = ledger.with_name(ledger.name + "-wal")
+        page = int.from_bytes(head[16:18], "big")
+        expected = (65536 if page == 1 else page) * int.from_bytes(head[28:32], "big")
+        has_wal = wal.is_file() and wal.stat().st_size > 0
+        if head[24:28] == head[92:96] and not has_wal and ledger.stat().st_size < expected:
+            raise ValueError(f"run_dir: {ledger} is cut short ({ledger.stat().st_size} of the {expected} bytes its "
+                             "header counts: an interrupted copy?); restore it from a copy to resume, or use a new run_dir")
