@@ -5,6 +5,13 @@ It is the single source of truth for what a run has done: which stages ran
 hashes), their metrics, rollbacks and per-iteration verdicts. Resuming a run
 reads it; nothing about progress is kept only in memory.
 
+The loop state after a stage is stored as what the stage changed, so the ledger
+grows linearly with the iterations (the state's history lists grow every
+iteration): a row's ``state_delta_json`` applies to the state of row
+``state_base_id`` (see ``_delta``). A row with ``state_json`` and no delta holds
+the full state: the first finished row, and every row of a ledger written before
+deltas existed.
+
 Every write is its own transaction; ``transaction()`` groups several writes so
 that a crash leaves either all of them or none (the graph runner uses this to
 commit a stage's completion together with its metrics and artifacts).
@@ -35,7 +42,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started_at TEXT, config_hash TEXT, config_json TEXT,
     status TEXT);
 CREATE TABLE IF NOT EXISTS stage_runs (id INTEGER PRIMARY KEY, run_id INTEGER, iteration INTEGER, node TEXT,
-    status TEXT, started_at TEXT, ended_at TEXT, wall_s REAL, state_json TEXT, error TEXT);
+    status TEXT, started_at TEXT, ended_at TEXT, wall_s REAL, state_json TEXT, error TEXT,
+    state_delta_json TEXT, state_base_id INTEGER);
 CREATE INDEX IF NOT EXISTS stage_runs_by_node ON stage_runs (iteration, node, status);
 CREATE TABLE IF NOT EXISTS artifacts (id INTEGER PRIMARY KEY, stage_run_id INTEGER, iteration INTEGER,
     node TEXT, kind TEXT, path TEXT, sha256 TEXT, bytes INTEGER, created_at TEXT);
@@ -69,6 +77,38 @@ _ABSENT = object()
 
 def _show(value: Any) -> str:
     return "<absent>" if value is _ABSENT else json.dumps(value, default=str)
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _delta(old: dict, new: dict) -> dict:
+    """What changed from ``old`` to ``new`` (top-level keys): a list that only grew stores the new items.
+
+    Values are compared by their JSON, so 1 -> 1.0 is a change and a NaN equals itself.
+    """
+    delta: dict = {"set": {}, "append": {}, "unset": sorted(old.keys() - new.keys())}
+    for key, value in new.items():
+        before = old.get(key, _ABSENT)
+        if before is not _ABSENT and _encode(before) == _encode(value):
+            continue
+        if (isinstance(before, list) and isinstance(value, list) and len(value) > len(before)
+                and _encode(value[:len(before)]) == _encode(before)):
+            delta["append"][key] = value[len(before):]
+        else:
+            delta["set"][key] = value
+    return {part: changes for part, changes in delta.items() if changes}
+
+
+def _apply(state: dict, delta: dict) -> dict:
+    """``state`` changed by ``delta`` (in place; ``state`` must not share lists with anything else)."""
+    state.update(delta.get("set", {}))
+    for key, items in delta.get("append", {}).items():
+        state[key].extend(items)
+    for key in delta.get("unset", []):
+        del state[key]
+    return state
 
 
 def _now() -> str:
@@ -142,8 +182,24 @@ class Ledger:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # a committed stage survives power loss
         self._conn.executescript(_SCHEMA)
+        self._add_missing_columns()
         self._depth = 0
         self.run_id: int | None = None
+        # (stage_run_id, state) of the last finished row, so finish_stage need not replay the ledger.
+        # `_pending` is the one written by the open transaction: it becomes `_latest` on commit.
+        self._latest: tuple[int, dict] | None = None
+        self._pending: tuple[int, dict] | None = None
+
+    def _add_missing_columns(self) -> None:
+        # A ledger written before state deltas existed lacks their columns; its rows all hold full states.
+        have = {row["name"] for row in self._conn.execute("PRAGMA table_info(stage_runs)")}
+        for column, kind in (("state_delta_json", "TEXT"), ("state_base_id", "INTEGER")):
+            if column not in have:
+                try:
+                    self._conn.execute(f"ALTER TABLE stage_runs ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def close(self) -> None:
         self._conn.close()
@@ -170,12 +226,14 @@ class Ledger:
         try:
             yield
             self._conn.execute("COMMIT")
+            if self._pending is not None:  # the cached state never runs ahead of the database
+                self._latest = self._pending
         except BaseException:
             if self._conn.in_transaction:  # also when COMMIT itself failed
                 self._conn.execute("ROLLBACK")
             raise
         finally:
-            self._depth = 0
+            self._depth, self._pending = 0, None
 
     def _write(self, sql: str, params: tuple = ()) -> int:
         with self.transaction():
@@ -242,11 +300,63 @@ class Ledger:
 
     def finish_stage(self, stage_run_id: int, status: str, state: dict, wall_s: float,
                      error: str | None = None) -> None:
+        """Record how a stage ended and the loop state after it (stored as a delta from the last finished one)."""
         if status not in STAGE_STATUSES:
             raise ValueError(f"unknown stage status {status!r}; expected one of {STAGE_STATUSES}")
-        self._write("UPDATE stage_runs SET status = ?, ended_at = ?, wall_s = ?, state_json = ?, error = ? "
-                    "WHERE id = ?",
-                    (status, _now(), wall_s, json.dumps(state, sort_keys=True), error, stage_run_id))
+        state = json.loads(_encode(state))  # what a reader gets back: our own copy, JSON types
+        with self.transaction():
+            base = self._latest_state()
+            if base is not None and base[0] >= stage_run_id:
+                # Finishing an older (or the same) row after a newer one: store it whole so a delta's base
+                # always has a smaller id, and refuse to change a state that later rows are stored relative to.
+                if self._conn.execute("SELECT 1 FROM stage_runs WHERE state_base_id = ? LIMIT 1",
+                                      (stage_run_id,)).fetchone():
+                    raise ValueError(f"stage run {stage_run_id} was finished before and later states build on it")
+                base = None
+            full, delta, base_id = (_encode(state), None, None) if base is None else (
+                None, _encode(_delta(base[1], state)), base[0])
+            self._conn.execute("UPDATE stage_runs SET status = ?, ended_at = ?, wall_s = ?, error = ?, "
+                               "state_json = ?, state_delta_json = ?, state_base_id = ? WHERE id = ?",
+                               (status, _now(), wall_s, error, full, delta, base_id, stage_run_id))
+            if status in ("done", "skipped"):
+                self._cache(stage_run_id, state)
+
+    def _cache(self, stage_run_id: int, state: dict) -> None:
+        if self._depth:
+            self._pending = (stage_run_id, state)  # kept only if the transaction commits
+        else:
+            self._latest = (stage_run_id, state)
+
+    def _latest_state(self) -> tuple[int, dict] | None:
+        """(id, state) of the last finished (done/skipped) row: cached, or rebuilt from the ledger."""
+        row = self._conn.execute("SELECT id FROM stage_runs WHERE status IN ('done', 'skipped') "
+                                 "ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        for cached in (self._pending, self._latest):
+            if cached is not None and cached[0] == row["id"]:
+                return cached
+        latest = (row["id"], self._state_at(row["id"]))  # after reopening, or rows written by another Ledger
+        self._cache(*latest)
+        return latest
+
+    def _state_at(self, stage_run_id: int) -> dict:
+        """The state stored for one row: its nearest full state, then the deltas down to it."""
+        deltas, row_id = [], stage_run_id
+        while True:
+            row = self._conn.execute("SELECT state_json, state_delta_json, state_base_id FROM stage_runs "
+                                     "WHERE id = ?", (row_id,)).fetchone()
+            if row is None or (row["state_json"] is None and row["state_delta_json"] is None):
+                raise ValueError(f"the ledger cannot rebuild the state of stage run {stage_run_id}: "
+                                 f"stage run {row_id} {'is missing' if row is None else 'stores no state'}")
+            if row["state_delta_json"] is None:
+                break
+            deltas.append(json.loads(row["state_delta_json"]))
+            row_id = row["state_base_id"]
+        state = json.loads(row["state_json"])
+        for delta in reversed(deltas):
+            _apply(state, delta)
+        return state
 
     def discard_stage(self, stage_run_id: int) -> None:
         """Forget a stage attempt entirely (it will run again on resume)."""
@@ -264,14 +374,30 @@ class Ledger:
         return row is not None
 
     def last_completed(self) -> tuple[int, str, dict] | None:
-        row = self._conn.execute("SELECT iteration, node, state_json FROM stage_runs "
-                                 "WHERE status IN ('done', 'skipped') ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
+        """(iteration, node, state) of the last done/skipped stage; the state is the caller's to change."""
+        latest = self._latest_state()
+        if latest is None:
             return None
-        return row["iteration"], row["node"], json.loads(row["state_json"])
+        row = self._conn.execute("SELECT iteration, node FROM stage_runs WHERE id = ?", (latest[0],)).fetchone()
+        return row["iteration"], row["node"], json.loads(_encode(latest[1]))
 
-    def stage_history(self) -> list[dict]:
-        return self._rows("SELECT * FROM stage_runs ORDER BY id")
+    def stage_history(self, states: bool = False) -> list[dict]:
+        """Every stage row, with its stored ``state`` (a full state, or None) and ``state_delta``.
+
+        ``states=True``: ``state`` is the full loop state after every row that stored one (replayed, so it
+        costs time and memory quadratic in the rows; the runner does not need it).
+        """
+        rows = self._rows("SELECT * FROM stage_runs ORDER BY id")
+        if states:
+            by_id: dict[int, dict] = {}
+            for row in rows:  # a delta's base has a smaller id, so it was rebuilt already
+                if row["state_delta"] is not None and row["state_base_id"] in by_id:
+                    row["state"] = _apply(json.loads(_encode(by_id[row["state_base_id"]])), row["state_delta"])
+                elif row["state_delta"] is not None:
+                    row["state"] = self._state_at(row["id"])  # its base row is gone
+                if row["state"] is not None:
+                    by_id[row["id"]] = row["state"]
+        return rows
 
     # -- artifacts ------------------------------------------------------------
 

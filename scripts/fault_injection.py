@@ -16,6 +16,9 @@ write, via RLHF_OPS_FAULT_LOG); then, one at a time (never two training processe
   other kinds ran first), so kills land in start-up, trainers, generation, writes and commits; a
   run that finishes before its kill (the machine got faster) is not counted, T becomes its time and
   the delay is drawn again, until --kills kills have landed;
+- sigterm / sigint (only with --kinds ...,sigterm,sigint): the same random timing, but SIGTERM (a
+  scheduler's preemption) or SIGINT (Ctrl-C) to the process group; the run must stop cleanly: exit
+  143 / 130, no 'running' row, no `*.tmp`, the lock released; then the same checks after the resume;
 - enospc (only with --kinds ...,enospc): RLHF_OPS_FAULT="write:<n>:enospc" makes each atomic write
   fail with OSError(ENOSPC) at its rename; the run must exit 1 naming the error, and the resume
   (disk freed) must finish like the reference.
@@ -203,8 +206,8 @@ def check_run_dir(run_dir: Path, ref: Reference | None = None) -> list[str]:
                 problems.append(f"recorded artifact is missing (and was not pruned): {path}")
     for p in run_dir.rglob("*.tmp"):
         problems.append(f"temporary left behind: {p.relative_to(run_dir)}")
-    committed = [json.loads(s) for (s,) in ledger_rows(run_dir, "select state_json from stage_runs "
-                                                                "where status in ('done', 'skipped')")]
+    with Ledger(run_dir) as ledger:  # the ledger stores deltas: replay them into every committed state
+        committed = [r["state"] for r in ledger.stage_history(states=True) if r["status"] in ("done", "skipped")]
     for name in ("summary.json", "LATEST_GOOD"):
         if (run_dir / name).exists():
             committed.append(json.loads((run_dir / name).read_text()))
@@ -343,11 +346,17 @@ def fault_kill(ref: Reference, run_dir: Path, kind: str, spec: str) -> Outcome:
     return outcome
 
 
-def random_kill(ref: Reference, run_dir: Path, delay: float) -> Outcome | float:
-    """SIGKILL after `delay` seconds, then resume and check; or, if the run finished before the delay
-    (the machine got faster than when the duration was measured), its wall time: draw again."""
+SIGNAL_KINDS = {"random": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
+
+
+def random_kill(ref: Reference, run_dir: Path, delay: float, kind: str = "random") -> Outcome | float:
+    """SIGKILL (or SIGTERM / SIGINT, for kind sigterm / sigint) to the CLI's process group after `delay`
+    seconds, then resume and check; or, if the run finished before the delay (the machine got faster
+    than when the duration was measured), its wall time: draw again. A SIGTERM / SIGINT must stop the
+    run cleanly: exit 128 + the signal, no 'running' row and no temporary output left behind."""
+    sig = SIGNAL_KINDS[kind]
     t0 = time.monotonic()
-    outcome = Outcome("random", f"sigkill@{delay:.2f}s")
+    outcome = Outcome(kind, f"{sig.name.lower()}@{delay:.2f}s")
     proc = popen_cli(run_dir, run_dir.with_name(run_dir.name + ".killed.log"))
     try:
         proc.wait(timeout=delay)
@@ -355,9 +364,23 @@ def random_kill(ref: Reference, run_dir: Path, delay: float) -> Outcome | float:
         shutil.rmtree(run_dir, ignore_errors=True)
         return finished_after
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and anything it started, like kill -9
-        proc.wait()
-        outcome.killed = proc.returncode in KILLED_RC
+        os.killpg(proc.pid, sig)  # the CLI and anything it started, like kill -9 (or a scheduler's SIGTERM)
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:  # a clean stop that never came: a failure, then kill it
+            outcome.problems.append(f"still running 300 s after {sig.name}")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        outcome.killed = proc.returncode in (KILLED_RC if sig == signal.SIGKILL else (128 + sig, -sig))
+        if sig != signal.SIGKILL and not outcome.problems:
+            if (run_dir / "ledger.sqlite").exists() and ledger_rows(
+                    run_dir, "select 1 from stage_runs where status = 'running'"):
+                outcome.problems.append(f"a 'running' row left after {sig.name}")
+            tmp = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp")]
+            if tmp:
+                outcome.problems.append(f"temporary output left after {sig.name}: {tmp[:3]}")
+            if (run_dir / ".lock").exists():
+                outcome.problems.append(f"the run lock was not released after {sig.name}")
     outcome.landed = in_flight(run_dir, len(ref.nodes))
     resume_and_check(ref, run_dir, outcome)
     outcome.wall_s = round(time.monotonic() - t0, 1)
@@ -373,6 +396,8 @@ KIND_ROWS = [
     ("write: temporary cut short (mid-write)", lambda o: o.kind == "write" and o.point.endswith(":mid")),
     ("disk full: ENOSPC at a write's rename (exit 1), then resume", lambda o: o.kind == "enospc"),
     ("random-time SIGKILL", lambda o: o.kind == "random"),
+    ("random-time SIGTERM (stops cleanly, then resume)", lambda o: o.kind == "sigterm"),
+    ("random-time SIGINT (Ctrl-C; stops cleanly, then resume)", lambda o: o.kind == "sigint"),
 ]
 
 
@@ -409,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/rlhf_ops_fault_injection"),
                     help="directory for the run dirs, logs and campaign.json")
     ap.add_argument("--kinds", default="boundary,write,random",
-                    help="comma-separated subset of boundary,write,random,enospc (enospc: a full disk at each "
-                         "atomic write; the run must exit 1 naming the error and the resume must finish)")
+                    help="comma-separated subset of boundary,write,random,enospc,sigterm,sigint (enospc: a full "
+                         "disk at each atomic write; the run must exit 1 naming the error and the resume must finish; "
+                         "sigterm / sigint: --kills of each at random times, each must stop the run cleanly)")
     ap.add_argument("--write-stride", type=int, default=1, help="try every K-th atomic write only (default: all)")
     ap.add_argument("--write-offset", type=int, default=0,
                     help="with --write-stride: start from this write (0-based), e.g. 1 for the ones stride 2 skipped")
@@ -441,20 +467,22 @@ def main(argv: list[str] | None = None) -> int:
     duration, redrawn = ref.wall_s, []
     for k, (kind, point) in enumerate(plan):
         record(fault_kill(ref, args.out / f"{k:03d}_{kind}", kind, str(point)), k + 1, len(plan))
-    if "random" in kinds:
-        if plan:  # the machine's speed may have changed since the reference: time an uninterrupted run now
-            duration = reference_run(args.out / "probe").wall_s
-            print(f"probe: an uninterrupted run now takes {duration:.1f}s", flush=True)
+    timed = [k for k in SIGNAL_KINDS if k in kinds]
+    if timed and plan:  # the machine's speed may have changed since the reference: time an uninterrupted run now
+        duration = reference_run(args.out / "probe").wall_s
+        print(f"probe: an uninterrupted run now takes {duration:.1f}s", flush=True)
+    done = len(plan)
+    for kind in timed:
         rng, kills = random.Random(args.seed), 0
-        while kills < args.kills and len(redrawn) < 2 * args.kills:
+        while kills < args.kills and len(redrawn) < 2 * args.kills * len(timed):
             delay = rng.uniform(0.0, duration)
-            o = random_kill(ref, args.out / f"{len(plan) + kills:03d}_random", delay)
+            o = random_kill(ref, args.out / f"{done:03d}_{kind}", delay, kind)
             if isinstance(o, float):  # finished before the kill: the run is faster now; draw again
                 redrawn.append(round(delay, 2))
                 duration = o
-                print(f"finished in {o:.1f}s, before the kill at {delay:.2f}s: drawn again", flush=True)
+                print(f"finished in {o:.1f}s, before the {kind} at {delay:.2f}s: drawn again", flush=True)
                 continue
-            kills += 1
+            kills, done = kills + 1, done + 1
             record(o, kills, args.kills)
     print()
     print(table(outcomes))

@@ -1,5 +1,8 @@
 """The SQLite run ledger: stage bookkeeping, artifact hashes, metrics, config fingerprint."""
 
+import contextlib
+import json
+import random
 import sqlite3
 
 import pytest
@@ -204,3 +207,168 @@ def test_a_run_dir_where_no_step_finished_takes_a_new_config(ledger):
         ledger.finish_stage(ledger.begin_stage(-1, "prepare"), "done", {}, 0.0)
     with pytest.raises(ConfigChangedError):
         ledger.check_config(changed)
+
+
+# -- the loop state is stored as deltas ------------------------------------------------------------------
+
+def _exact(state):
+    # What the ledger used to return: the JSON round trip of the state, keys sorted. Comparing encodings
+    # also tells 1 from 1.0 and True, and lets a NaN equal itself.
+    return json.dumps(state, sort_keys=True)
+
+
+def _check_last(ledger, expected):
+    got = ledger.last_completed()
+    if expected is None:
+        assert got is None
+        return
+    assert got[:2] == expected[:2]
+    assert json.dumps(got[2]) == _exact(expected[2])  # same values, same types, keys in sorted order
+
+
+def _random_states(seed, n):
+    """(iteration, node, status, state): growing lists, dict and type changes, None, NaN, removed keys,
+    a truncated list (a rollback), failed rows in between."""
+    rng = random.Random(seed)
+    state = {"history": [], "log": [], "work": {}, "policy": "p0", "rm": None, "cursor": 0, "scale": 1}
+    for k in range(n):
+        state = json.loads(json.dumps(state))
+        change = rng.random()
+        if change < 0.3:
+            state["history"].append({"reward": rng.random(), "kl": float("nan") if rng.random() < 0.2 else k})
+        elif change < 0.4:
+            state["history"] = state["history"][: len(state["history"]) // 2]
+        elif change < 0.5:
+            state["work"] = {}
+        elif change < 0.6:
+            state.pop("extra", None) if "extra" in state else state.update(extra={"k": k, "none": None})
+        elif change < 0.7:
+            state["rm"] = None if state["rm"] else f"rm{k}"
+        elif change < 0.8:
+            state["scale"] = {1: 1.0, 1.0: True, True: 1}[state["scale"]]  # equal in Python, not in JSON
+        state["work"][rng.choice("abc")] = rng.choice([k, None, [k], {"x": k}])
+        state["log"].append(k)
+        state["cursor"] += rng.randint(0, 1)
+        status = rng.choice(["done"] * 6 + ["skipped", "failed"])
+        yield k // 5, f"node{k % 5}", status, state
+
+
+def test_many_rows_round_trip_and_reopen(tmp_path):
+    expected, rows = None, {}
+    with Ledger(tmp_path) as ledger:
+        for k, (iteration, node, status, state) in enumerate(_random_states(0, 300)):
+            stage = ledger.begin_stage(iteration, node)
+            with ledger.transaction():
+                ledger.finish_stage(stage, status, state, 0.1, error="boom" if status == "failed" else None)
+            if status != "failed":
+                expected = (iteration, node, json.loads(json.dumps(state)))
+                rows[stage] = expected[2]
+            state["log"].append("changed by the caller afterwards")  # the ledger kept its own copy
+            _check_last(ledger, expected)
+            if k % 50 == 49:
+                with Ledger(tmp_path) as reopened:
+                    _check_last(reopened, expected)
+        assert ledger.last_completed()[2] is not ledger.last_completed()[2]
+    with Ledger(tmp_path) as reopened:
+        _check_last(reopened, expected)
+        history = reopened.stage_history(states=True)
+        for row in history:
+            if row["id"] in rows:
+                assert _exact(row["state"]) == _exact(rows[row["id"]]), row["id"]
+        first = next(k for k, row in enumerate(history) if row["status"] != "failed")
+        assert all(row["state_delta"] is not None for row in history[first + 1:])  # only the first is whole
+
+
+def test_a_rolled_back_finish_leaves_no_trace(ledger):
+    ledger.finish_stage(ledger.begin_stage(0, "collect"), "done", {"log": [1], "p": "a"}, 0.1)
+    stage = ledger.begin_stage(0, "label")
+    with pytest.raises(RuntimeError), ledger.transaction():
+        ledger.finish_stage(stage, "done", {"log": [1, 2], "p": "b"}, 0.1)
+        _check_last(ledger, (0, "label", {"log": [1, 2], "p": "b"}))  # seen inside the transaction
+        raise RuntimeError("crash before commit")
+    _check_last(ledger, (0, "collect", {"log": [1], "p": "a"}))
+    ledger.finish_stage(stage, "done", {"log": [1, 3], "p": "c"}, 0.1)
+    with Ledger(ledger.run_dir) as reopened:
+        _check_last(reopened, (0, "label", {"log": [1, 3], "p": "c"}))
+
+
+def test_rows_finished_out_of_order(ledger):
+    ledger.finish_stage(ledger.begin_stage(0, "a"), "done", {"n": [1]}, 0.1)
+    older, newer = ledger.begin_stage(0, "b"), ledger.begin_stage(0, "c")
+    ledger.finish_stage(newer, "done", {"n": [1, 3]}, 0.1)
+    ledger.finish_stage(older, "done", {"n": [1, 2]}, 0.1)
+    _check_last(ledger, (0, "c", {"n": [1, 3]}))  # the last row, as before
+    with Ledger(ledger.run_dir) as reopened:
+        assert [r["state"] for r in reopened.stage_history(states=True)] == [{"n": [1]}, {"n": [1, 2]}, {"n": [1, 3]}]
+        reopened.finish_stage(reopened.begin_stage(0, "d"), "done", {"n": [1, 3, 4]}, 0.1)
+        with pytest.raises(ValueError, match="later states build on it"):
+            reopened.finish_stage(newer, "done", {"n": []}, 0.1)
+        _check_last(reopened, (0, "d", {"n": [1, 3, 4]}))
+
+
+LEGACY_STAGE_RUNS = """CREATE TABLE stage_runs (id INTEGER PRIMARY KEY, run_id INTEGER, iteration INTEGER, node TEXT,
+    status TEXT, started_at TEXT, ended_at TEXT, wall_s REAL, state_json TEXT, error TEXT)"""
+
+
+def test_a_ledger_with_full_states_still_reads_and_continues(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as c, c:
+        c.execute(LEGACY_STAGE_RUNS)
+        for iteration, node, status, state in [(-1, "setup", "done", {"h": [0], "p": "a"}),
+                                               (0, "collect", "done", {"h": [0, 1], "p": "a"}),
+                                               (0, "label", "failed", {"h": [0, 1], "p": "x"}),
+                                               (0, "label", "done", {"h": [0, 1], "p": "b"}),
+                                               (0, "gate", "running", None)]:
+            c.execute("INSERT INTO stage_runs (iteration, node, status, state_json) VALUES (?, ?, ?, ?)",
+                      (iteration, node, status, None if state is None else json.dumps(state, sort_keys=True)))
+    with Ledger(tmp_path) as ledger:
+        _check_last(ledger, (0, "label", {"h": [0, 1], "p": "b"}))
+        assert ledger.mark_interrupted() == 1
+        ledger.finish_stage(ledger.begin_stage(0, "gate"), "done", {"h": [0, 1, 2], "p": "b"}, 0.1)
+        (delta,) = ledger._conn.execute("SELECT state_delta_json FROM stage_runs WHERE node = 'gate' "
+                                        "AND status = 'done'").fetchone()
+        assert json.loads(delta) == {"append": {"h": [2]}}
+    with Ledger(tmp_path) as reopened:
+        _check_last(reopened, (0, "gate", {"h": [0, 1, 2], "p": "b"}))
+        states = [(r["node"], r["state"]) for r in reopened.stage_history(states=True)]
+        assert states[1:4] == [("collect", {"h": [0, 1], "p": "a"}), ("label", {"h": [0, 1], "p": "x"}),
+                               ("label", {"h": [0, 1], "p": "b"})]
+
+
+def test_stored_state_per_row_stays_bounded_as_the_run_grows(tmp_path):
+    """Rows shaped like the loop's (LoopState, its history and log growing every iteration): the bytes a
+    row stores do not grow with the iteration, so the ledger grows linearly."""
+    from rlhf_ops.loop.state import IterationWork, LastGood, LoopState
+
+    state = LoopState(data={"prompts": "/r/setup/prepare/prompts.parquet"}, policy="/r/setup/sft/policy",
+                      stage_meta={"sft": {"loss": 1.0, "wall_s": 3.0}})
+    per_row = []
+    with Ledger(tmp_path) as ledger:
+        ledger._conn.execute("PRAGMA synchronous=OFF")  # fewer fsyncs: this test is about sizes
+        for iteration in range(60):
+            d = f"/r/iter_{iteration:03d}"
+            for node in ("collect", "label", "rm_update", "policy_update", "evaluate", "gate"):
+                if node == "collect":
+                    state.work = IterationWork(completions=f"{d}/collect/completions.parquet")
+                elif node == "label":
+                    state.work.pairs = f"{d}/label/pairs.parquet"
+                elif node == "policy_update":
+                    state.work.candidate, state.work.beta = f"{d}/policy_update/policy", 0.1 + iteration / 1000
+                elif node == "evaluate":
+                    state.work.eval = {"reward": iteration / 7, "kl": iteration / 11, "gold": 0.5}
+                elif node == "gate":
+                    state.history.append(state.work.eval)
+                    state.iterations_log.append({"iteration": iteration, "status": "accepted", **state.work.eval})
+                    state.policy, state.cursor = state.work.candidate, state.cursor + 64
+                    state.kl_state = {"beta": state.work.beta}
+                    state.last_good = LastGood(iteration, state.policy, None, state.kl_state, {}, state.cursor,
+                                               1.0, state.work.eval, None)
+                with ledger.transaction():
+                    ledger.finish_stage(ledger.begin_stage(iteration, node), "done", state.to_json(), 1.0)
+        per_row = [n for (n,) in ledger._conn.execute(
+            "SELECT length(coalesce(state_json, '')) + length(coalesce(state_delta_json, '')) FROM stage_runs "
+            "ORDER BY id")]
+        assert ledger.last_completed()[2] == json.loads(json.dumps(state.to_json()))
+    late, early = per_row[-6:], per_row[6:12]  # the 2nd iteration's rows against the 60th's
+    assert max(late) <= max(early) + 16, (early, late)  # a few more digits in the paths and numbers
+    assert sum(per_row) < 60 * 6 * 1000

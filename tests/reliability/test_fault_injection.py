@@ -126,8 +126,9 @@ def test_checker_passes_the_reference_and_catches_each_inconsistency(reference, 
     (bad / "iter_001" / "label" / "pairs.parquet.tmp").write_bytes(b"partial")
     (bad / "iter_000" / "stray").mkdir()
     with contextlib.closing(sqlite3.connect(bad / "ledger.sqlite")) as c, c:
-        c.execute("insert into stage_runs (iteration, node, status, state_json) select iteration, node, 'done', "
-                  "state_json from stage_runs where node = 'collect' and iteration = 0")
+        c.execute("insert into stage_runs (iteration, node, status, state_json, state_delta_json, state_base_id) "
+                  "select iteration, node, 'done', state_json, state_delta_json, state_base_id from stage_runs "
+                  "where node = 'collect' and iteration = 0")
         c.execute("insert into stage_runs (iteration, node, status) values (1, 'gate', 'running')")
     ckpt = bad / "iter_000" / "rm_update" / "rm" / "config.json"
     ckpt.write_text(ckpt.read_text() + " ")
