@@ -1,9 +1,9 @@
 """The loop's state: what one step hands the next, committed to the ledger after every step.
 
 `LoopState` is JSON on disk (in the ledger: the first finished step's `state_json`, then each step's
-delta), a dataclass in memory: a step gets its own copy, changes it, and the runner commits it. `work` is the current iteration's scratch (paths of
-this iteration's completions, pairs, candidate policy, evaluation); collect starts it afresh. What a
-rollback restores is exactly `LastGood`.
+delta), a dataclass in memory: a step gets its own copy, changes it, and the runner commits it.
+`work` is the current iteration's scratch (paths of this iteration's completions, pairs, candidate
+policy, evaluation); collect starts it afresh. What a rollback restores is exactly `LastGood`.
 """
 
 from __future__ import annotations
