@@ -101,36 +101,58 @@ def _same_iterations(a: dict, b: dict) -> None:
         assert y["proxy"] == pytest.approx(x["proxy"], rel=1e-4, abs=1e-6)
 
 
+def _check_stopped_cleanly(proc, run_dir: Path, sig: str) -> None:
+    import signal
+
+    out, err = proc.communicate(timeout=300) if hasattr(proc, "communicate") else (proc.stdout, proc.stderr)
+    assert proc.returncode == 128 + getattr(signal, sig), (proc.returncode, err[-2000:])
+    last = err.strip().splitlines()[-1]
+    assert f"interrupted by {sig}" in last and "resume with the same command" in last, last
+    assert not ledger_rows(run_dir, "select * from stage_runs where status = 'running'")
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / ".lock").exists()
+    assert ledger_rows(run_dir, "select status from runs")[-1] == ("failed",)
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_a_signal_mid_step_stops_cleanly_and_the_same_command_resumes(full_run, tmp_path, sig):
-    """SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) while iteration 1's PPO is training: one line
-    saying how to resume, the step's row failed (not 'running'), no temporary output, the lock released;
-    the same command then ends with the uninterrupted run's numbers."""
+def test_a_signal_inside_a_step_stops_cleanly_and_the_same_command_resumes(full_run, tmp_path, sig):
+    """SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) arriving inside iteration 1's PPO step (its work
+    done, not yet committed; sent by the fault hook, so the point is exact on any machine): one line saying
+    how to resume, the step's row failed with Interrupted (not 'running'), no temporary output, the lock
+    released; the same command then ends with the uninterrupted run's numbers."""
+    run_dir = tmp_path / sig
+    p = run_cli(*LOOP, f"run_dir={run_dir}", env={"RLHF_OPS_FAULT": f"1:policy_update:after:{sig}"})
+    _check_stopped_cleanly(p, run_dir, sig)
+    rows = ledger_rows(run_dir, "select iteration, node, error from stage_runs where status = 'failed'")
+    assert [(i, n) for i, n, _ in rows] == [(1, "policy_update")], rows
+    assert rows[0][2].startswith("Interrupted"), rows
+    p = run_cli(*LOOP, f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    _same_iterations(summary(full_run[0]), summary(run_dir))
+
+
+def test_sigterm_from_outside_while_ppo_trains_stops_cleanly_and_resumes(full_run, tmp_path):
+    """The same from another process, as a scheduler sends it: SIGTERM as soon as iteration 0's PPO has
+    started training (its temporary output exists; the run has a whole iteration left, so it cannot
+    have finished). Whether the signal lands inside PPO or between steps depends on the machine's speed;
+    either way nothing is left 'running' and any failed row is the interrupted one."""
     import signal
     import subprocess
     import sys
     import time
 
-    run_dir = tmp_path / sig
+    run_dir = tmp_path / "outside"
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_ops", *LOOP, f"run_dir={run_dir}"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "iter_001" / "policy_update" / "policy.tmp").is_dir():  # the PPO stage trains into it
+        if (run_dir / "iter_000" / "policy_update" / "policy.tmp").is_dir():  # the PPO stage trains into it
             break
-        time.sleep(0.1)
+        time.sleep(0.02)
     assert proc.poll() is None, "the run ended before the signal could be sent"
-    time.sleep(1.0)
-    proc.send_signal(getattr(signal, sig))
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + getattr(signal, sig), err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert f"interrupted by {sig}" in last and "resume with the same command" in last, last
-    assert not ledger_rows(run_dir, "select * from stage_runs where status = 'running'")
-    (error,) = ledger_rows(run_dir, "select error from stage_runs where status = 'failed'")[0]
-    assert error.startswith("Interrupted"), error
-    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / ".lock").exists()
-    assert ledger_rows(run_dir, "select status from runs")[-1] == ("failed",)
+    proc.send_signal(signal.SIGTERM)
+    _check_stopped_cleanly(proc, run_dir, "SIGTERM")
+    errors = [e for (e,) in ledger_rows(run_dir, "select error from stage_runs where status = 'failed'")]
+    assert all(e.startswith("Interrupted") for e in errors), errors
     p = run_cli(*LOOP, f"run_dir={run_dir}")
     assert p.returncode == 0, p.stderr[-3000:]
     _same_iterations(summary(full_run[0]), summary(run_dir))

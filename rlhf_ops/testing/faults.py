@@ -5,6 +5,9 @@ variables below is set, see rlhf_ops.run) adds its observers to the two generic 
 `rlhf_ops.loop.recipe.STEP_HOOKS` (every loop step, before it starts and after its work).
 
     RLHF_OPS_FAULT="<iteration>:<node>:<point>"   e.g. "1:policy_update:after", "-1:sft:before"
+    RLHF_OPS_FAULT="<iteration>:<node>:<point>:<SIGTERM|SIGINT>"
+                                                  do not die: send this process that signal there (a
+                                                  preemption or a Ctrl-C at a known point inside a step)
     RLHF_OPS_FAULT="write:<n>"                    die in the n-th atomic write of this process,
                                                   its temporary file or directory complete, before the rename
     RLHF_OPS_FAULT="write:<n>:mid"                the same, with the temporary cut short first (a kill
@@ -30,11 +33,13 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from pathlib import Path
 
 ENV = "RLHF_OPS_FAULT"
 LOG_ENV = "RLHF_OPS_FAULT_LOG"
 POINTS = ("before", "after")
+SIGNALS = ("SIGTERM", "SIGINT")
 WRITE_MODES = ("complete", "mid", "enospc")
 EXIT_CODE = 137
 
@@ -55,14 +60,14 @@ def parse(spec: str) -> tuple:
         if mode not in WRITE_MODES:
             raise FaultSpecError(f"{ENV}={spec!r}: write mode {mode!r} not in {WRITE_MODES}")
         return ("write", int(parts[1]), mode)
-    if len(parts) != 3 or parts[2] not in POINTS:
-        raise FaultSpecError(f"{ENV}={spec!r}: expected '<iteration>:<node>:<before|after>' "
+    if len(parts) not in (3, 4) or parts[2] not in POINTS or (len(parts) == 4 and parts[3] not in SIGNALS):
+        raise FaultSpecError(f"{ENV}={spec!r}: expected '<iteration>:<node>:<before|after>[:SIGTERM|:SIGINT]' "
                              "or 'write:<n>[:mid|:enospc]'")
     try:
         iteration = int(parts[0])
     except ValueError:
         raise FaultSpecError(f"{ENV}={spec!r}: iteration {parts[0]!r} is not an integer") from None
-    return ("node", iteration, parts[1], parts[2])
+    return ("node", iteration, parts[1], parts[2], parts[3] if len(parts) == 4 else "")
 
 
 def die() -> None:
@@ -80,8 +85,11 @@ def install() -> bool:
     parsed = parse(spec) if spec else None  # a typo fails here, at start-up
 
     def on_step(point: str, iteration: int, node: str) -> None:
-        if parsed and parsed[0] == "node" and parsed[1:] == (iteration, node, point):
-            die()
+        if parsed and parsed[0] == "node" and parsed[1:4] == (iteration, node, point):
+            if parsed[4]:  # the handler (rlhf_ops.run.stop_on_signals) raises at the next Python instruction
+                os.kill(os.getpid(), getattr(signal, parsed[4]))
+            else:
+                die()
 
     PUBLISH_HOOKS.append(maybe_die_write)
     STEP_HOOKS.append(on_step)

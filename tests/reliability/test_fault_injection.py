@@ -60,11 +60,13 @@ def snapshot(run_dir: Path) -> dict[str, str]:
 # -- the fault hooks themselves ------------------------------------------------------------------------
 
 def test_fault_specs_parse_and_typos_are_refused():
-    assert faults.parse("-1:sft:before") == ("node", -1, "sft", "before")
-    assert faults.parse("1:policy_update:after") == ("node", 1, "policy_update", "after")
+    assert faults.parse("-1:sft:before") == ("node", -1, "sft", "before", "")
+    assert faults.parse("1:policy_update:after") == ("node", 1, "policy_update", "after", "")
+    assert faults.parse("1:policy_update:after:SIGTERM") == ("node", 1, "policy_update", "after", "SIGTERM")
     assert faults.parse("write:3") == ("write", 3, "complete")
     assert faults.parse("write:3:mid") == ("write", 3, "mid")
-    for bad in ("write:0", "write:x", "write:2:half", "1:sft", "one:sft:before", "1:sft:during"):
+    for bad in ("write:0", "write:x", "write:2:half", "1:sft", "one:sft:before", "1:sft:during",
+                "1:sft:after:SIGKILL", "1:sft:after:sigterm"):
         with pytest.raises(faults.FaultSpecError, match="RLHF_OPS_FAULT"):
             faults.parse(bad)
 
