@@ -12,6 +12,10 @@ iteration): a row's ``state_delta_json`` applies to the state of row
 the full state: the first finished row, and every row of a ledger written before
 deltas existed.
 
+Paths inside the run dir are stored relative to it (artifacts as relative paths; in states and
+iteration summaries a path string ``<run_dir>/iter_000/...`` is stored as ``RUN_DIR_MARK/iter_000/...``
+and read back under wherever the run dir is now), so a run dir can be copied or moved and resumed.
+
 Every write is its own transaction; ``transaction()`` groups several writes so
 that a crash leaves either all of them or none (the graph runner uses this to
 commit a stage's completion together with its metrics and artifacts).
@@ -25,6 +29,7 @@ import json
 import numbers
 import os
 import sqlite3
+import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -36,6 +41,11 @@ LEDGER_FILENAME = "ledger.sqlite"
 RESUME_IGNORED_KEYS = ("run_dir", "overwrite", "allow_config_change", "hydra", "progress", "verbose", "tracking")
 
 STAGE_STATUSES = ("running", "done", "failed", "skipped")
+# Stands for the run dir at the start of a stored path string (see Ledger._relocatable).
+RUN_DIR_MARK = "<run_dir>"
+# The artifact kind of a checkpoint outside the run dir (a user's base model) the loop state refers to:
+# recorded with its content hash when it first appears, checked on every resume.
+EXTERNAL_KIND = "external"
 ITERATION_STATUSES = ("accepted", "rolled_back", "running")
 
 _SCHEMA = """
@@ -53,6 +63,31 @@ CREATE TABLE IF NOT EXISTS rollbacks (id INTEGER PRIMARY KEY, iteration INTEGER,
     restored_iteration INTEGER, remedy TEXT, created_at TEXT);
 CREATE TABLE IF NOT EXISTS iterations (iteration INTEGER PRIMARY KEY, status TEXT, summary_json TEXT);
 """
+
+
+class LedgerDamaged(ValueError):
+    """The ledger file cannot be read as the database it should be."""
+
+
+def damage(path: str | os.PathLike, conn: sqlite3.Connection | None = None) -> str | None:
+    """What SQLite's PRAGMA quick_check finds wrong with a ledger (None: nothing). Without ``conn`` the
+    file is opened read-only as immutable, so nothing beside it is created or changed: only for a ledger
+    with no WAL file (a WAL's pages are then not read)."""
+    try:
+        if conn is None:
+            uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as c:
+                rows = [r[0] for r in c.execute("PRAGMA quick_check(3)")]
+        else:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if rows == ["ok"] else "; ".join(rows)
+
+
+def damaged_message(path: str | os.PathLike, what: str) -> str:
+    return (f"{path}: the run ledger is damaged ({what}); restore it (with its -wal file, if it had one) from a "
+            "copy to resume, or use a new run_dir")
 
 
 class ConfigChangedError(ValueError):
@@ -175,14 +210,23 @@ class Ledger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / LEDGER_FILENAME
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each write is
         # exactly one transaction (or part of an explicit transaction()).
         self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # a committed stage survives power loss
-        self._conn.executescript(_SCHEMA)
-        self._add_missing_columns()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            problem = damage(self.path, self._conn) if existed else None
+            if problem is None:
+                self._conn.execute("PRAGMA synchronous=FULL")  # a committed stage survives power loss
+                self._conn.executescript(_SCHEMA)
+                self._add_missing_columns()
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+        if problem is not None:
+            self._conn.close()
+            raise LedgerDamaged(damaged_message(self.path, problem))
         self._depth = 0
         self.run_id: int | None = None
         # (stage_run_id, state) of the last finished row, so finish_stage need not replay the ledger.
@@ -203,6 +247,46 @@ class Ledger:
 
     def close(self) -> None:
         self._conn.close()
+
+    # -- paths relative to the run dir ------------------------------------------
+
+    def _prefixes(self) -> list[str]:
+        forms = {str(self.run_dir), os.path.abspath(self.run_dir), os.path.realpath(self.run_dir)}
+        return sorted((f.rstrip("/") for f in forms if f not in ("", ".")), key=len, reverse=True)
+
+    def _relocatable(self, value: Any) -> Any:
+        """``value`` (JSON) with every string that is a path under the run dir written as RUN_DIR_MARK/rest."""
+        prefixes = self._prefixes()
+
+        def walk(v: Any) -> Any:
+            if isinstance(v, str):
+                for prefix in prefixes:
+                    if v == prefix or v.startswith(prefix + "/"):
+                        return RUN_DIR_MARK + v[len(prefix):]
+                return v
+            if isinstance(v, dict):
+                return {k: walk(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [walk(x) for x in v]
+            return v
+
+        return walk(value)
+
+    def _located(self, value: Any) -> Any:
+        """The inverse of _relocatable, under the run dir's path now (a ledger written before paths were
+        relative holds absolute ones: they come back unchanged)."""
+        here = str(self.run_dir)
+
+        def walk(v: Any) -> Any:
+            if isinstance(v, str):
+                return here + v[len(RUN_DIR_MARK):] if v == RUN_DIR_MARK or v.startswith(RUN_DIR_MARK + "/") else v
+            if isinstance(v, dict):
+                return {k: walk(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [walk(x) for x in v]
+            return v
+
+        return walk(value)
 
     def __enter__(self) -> Ledger:
         return self
@@ -303,7 +387,7 @@ class Ledger:
         """Record how a stage ended and the loop state after it (stored as a delta from the last finished one)."""
         if status not in STAGE_STATUSES:
             raise ValueError(f"unknown stage status {status!r}; expected one of {STAGE_STATUSES}")
-        state = json.loads(_encode(state))  # what a reader gets back: our own copy, JSON types
+        state = self._relocatable(json.loads(_encode(state)))  # our own copy, JSON types, paths relative
         with self.transaction():
             base = self._latest_state()
             if base is not None and base[0] >= stage_run_id:
@@ -379,7 +463,7 @@ class Ledger:
         if latest is None:
             return None
         row = self._conn.execute("SELECT iteration, node FROM stage_runs WHERE id = ?", (latest[0],)).fetchone()
-        return row["iteration"], row["node"], json.loads(_encode(latest[1]))
+        return row["iteration"], row["node"], self._located(json.loads(_encode(latest[1])))
 
     def stage_history(self, states: bool = False) -> list[dict]:
         """Every stage row, with its stored ``state`` (a full state, or None) and ``state_delta``.
@@ -397,6 +481,8 @@ class Ledger:
                     row["state"] = self._state_at(row["id"])  # its base row is gone
                 if row["state"] is not None:
                     by_id[row["id"]] = row["state"]
+        for row in rows:
+            row["state"], row["state_delta"] = self._located(row["state"]), self._located(row["state_delta"])
         return rows
 
     # -- artifacts ------------------------------------------------------------
@@ -461,7 +547,11 @@ class Ledger:
         self._write("INSERT INTO iterations (iteration, status, summary_json) VALUES (?, ?, ?) "
                     "ON CONFLICT (iteration) DO UPDATE SET status = excluded.status, "
                     "summary_json = excluded.summary_json",
-                    (iteration, status, json.dumps(summary, sort_keys=True, default=str)))
+                    (iteration, status, json.dumps(self._relocatable(json.loads(json.dumps(summary, default=str))),
+                                                   sort_keys=True)))
 
     def iterations(self) -> list[dict]:
-        return self._rows("SELECT * FROM iterations ORDER BY iteration")
+        rows = self._rows("SELECT * FROM iterations ORDER BY iteration")
+        for row in rows:
+            row["summary"] = self._located(row["summary"])
+        return rows

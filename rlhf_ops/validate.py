@@ -350,3 +350,9 @@ def _run_dir_ledger(cfg) -> None:
         if head[24:28] == head[92:96] and not has_wal and ledger.stat().st_size < expected:
             raise ValueError(f"run_dir: {ledger} is cut short ({ledger.stat().st_size} of the {expected} bytes its "
                              "header counts: an interrupted copy?); restore it from a copy to resume, or use a new run_dir")
+        if not has_wal:  # a damaged page deeper in; with a WAL the ledger's own open checks (rlhf_ops.ledger)
+            from .ledger import damage, damaged_message
+
+            problem = damage(ledger)
+            if problem is not None:
+                raise ValueError("run_dir: " + damaged_message(ledger, problem))

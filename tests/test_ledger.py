@@ -4,6 +4,7 @@ import contextlib
 import json
 import random
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -372,3 +373,69 @@ def test_stored_state_per_row_stays_bounded_as_the_run_grows(tmp_path):
     late, early = per_row[-6:], per_row[6:12]  # the 2nd iteration's rows against the 60th's
     assert max(late) <= max(early) + 16, (early, late)  # a few more digits in the paths and numbers
     assert sum(per_row) < 60 * 6 * 1000
+
+
+def _ledger_with_pages(run_dir: Path) -> Path:
+    with Ledger(run_dir) as ledger:
+        ledger.start_run({"seed": 0})
+        for i in range(200):
+            ledger.finish_stage(ledger.begin_stage(i, "collect"), "done", {"i": i, "history": list(range(i))}, 0.1)
+    path = run_dir / "ledger.sqlite"
+    assert not path.with_name("ledger.sqlite-wal").exists() and path.stat().st_size > 3 * 4096
+    return path
+
+
+def test_a_damaged_ledger_page_is_refused_naming_the_file(tmp_path):
+    """Header and length intact, a page inside scribbled over: PRAGMA quick_check finds it at the start-up
+    check (which opens the file immutable: nothing beside it changes) and on the ledger's own open."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from rlhf_ops.ledger import LedgerDamaged, damage
+    from rlhf_ops.validate import _run_dir_ledger
+
+    path = _ledger_with_pages(tmp_path)
+    assert damage(path) is None
+    _run_dir_ledger(OmegaConf.create({"run_dir": str(tmp_path)}))  # a sound ledger passes
+    raw = bytearray(path.read_bytes())
+    raw[4096:8192] = os.urandom(4096)
+    path.write_bytes(bytes(raw))
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match=f"run_dir: {path}: the run ledger is damaged"):
+        _run_dir_ledger(OmegaConf.create({"run_dir": str(tmp_path)}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing and path.read_bytes() == bytes(raw)
+    with pytest.raises(LedgerDamaged, match=f"{path}: the run ledger is damaged .*restore it"):
+        Ledger(tmp_path)
+
+
+def test_states_are_stored_relative_to_the_run_dir_and_read_back_where_it_is(tmp_path):
+    """A path under the run dir is stored as <run_dir>/...; the ledger opened at a new place gives it back
+    there. Paths outside (a user's base model) and look-alike siblings stay as they are."""
+    import shutil
+
+    from rlhf_ops.ledger import RUN_DIR_MARK
+
+    run_dir = tmp_path / "run"
+    inside = str(run_dir / "iter_000" / "policy_update" / "policy")
+    state = {"policy": inside, "base": "/models/base", "sibling": str(tmp_path / "run2" / "x"),
+             "nested": {"paths": [inside, str(run_dir)]}, "history": [{"samples": inside}]}
+    with Ledger(run_dir) as ledger:
+        ledger.start_run({"seed": 0})
+        ledger.finish_stage(ledger.begin_stage(0, "collect"), "done", state, 0.1)
+        ledger.finish_stage(ledger.begin_stage(0, "label"), "done", {**state, "history": state["history"] * 2}, 0.1)
+        ledger.set_iteration(0, "accepted", {"policy": inside})
+        stored = ledger._conn.execute("SELECT state_json FROM stage_runs WHERE state_json IS NOT NULL").fetchone()[0]
+    assert inside not in stored and f'"{RUN_DIR_MARK}/iter_000/policy_update/policy"' in stored
+    assert '"/models/base"' in stored and str(tmp_path / "run2" / "x") in stored
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(str(run_dir), str(moved))
+    with Ledger(moved) as ledger:
+        _, _, got = ledger.last_completed()
+        there = str(moved / "iter_000" / "policy_update" / "policy")
+        assert got["policy"] == there and got["nested"]["paths"] == [there, str(moved)]
+        assert got["history"] == [{"samples": there}] * 2 and got["base"] == "/models/base"
+        assert got["sibling"] == str(tmp_path / "run2" / "x")
+        assert ledger.iterations()[0]["summary"] == {"policy": there}
+        assert [r["state"]["policy"] for r in ledger.stage_history(states=True)] == [there, there]

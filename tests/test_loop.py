@@ -158,6 +158,45 @@ def test_sigterm_from_outside_while_ppo_trains_stops_cleanly_and_resumes(full_ru
     _same_iterations(summary(full_run[0]), summary(run_dir))
 
 
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("how", ["copy", "mv"])
+def test_a_killed_run_dir_copied_or_moved_resumes_where_it_is(full_run, tmp_path, how):
+    """Killed (like SIGKILL) before iteration 1's PPO; then copied elsewhere with the original deleted
+    (cp -r, WAL file and all), or moved with `mv`; the same command with the new run_dir resumes there
+    and ends with the uninterrupted run's numbers, and nothing it reads or writes names the old place."""
+    import shutil
+    import subprocess
+
+    original = tmp_path / "first" / "run"
+    p = run_cli(*LOOP, f"run_dir={original}", env={"RLHF_OPS_FAULT": "1:policy_update:before"})
+    assert p.returncode == 137, p.stderr[-2000:]
+    there = tmp_path / "elsewhere" / "run"
+    there.parent.mkdir()
+    if how == "copy":
+        shutil.copytree(original, there, symlinks=True)
+        shutil.rmtree(original)
+    else:
+        subprocess.run(["mv", str(original), str(there)], check=True)
+    assert not original.exists()
+    p = run_cli(*LOOP, f"run_dir={there}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    _same_iterations(summary(full_run[0]), summary(there))
+    done = ledger_rows(there, "select iteration, node from stage_runs where status = 'done'")
+    assert len(done) == len(set(done)) == 4 + 2 * 7, "nothing ran twice: the setup and iteration 0 were kept"
+    s = summary(there)
+    assert Path(s["final"]["policy"]).is_dir() and str(s["final"]["policy"]).startswith(str(there))
+    stale = [v for v in _strings(s) + _strings(json.loads((there / "LATEST_GOOD").read_text()))
+             if str(tmp_path / "first") in v]
+    assert not stale, stale[:3]
+
+
 def test_changed_config_on_resume_is_refused(full_run):
     run_dir, _ = full_run
     p = run_cli(*LOOP, f"run_dir={run_dir}", "loop.kl.beta=0.5")

@@ -128,3 +128,35 @@ def test_a_model_converted_from_gguf_with_its_quantization_config_left_in_is_nam
     assert p.stderr.startswith("rlhf_ops: config error: model.path checkpoint"), "refused at start-up"
     assert not (tmp_path / "r").exists(), "before anything is written"
     assert json.loads((model / "config.json").read_text())["quantization_config"], "the user's files are left alone"
+
+
+def test_a_base_model_outside_the_run_dir_that_changed_is_refused_on_resume(user, tmp_path):
+    """With no SFT data the user's model is the policy and the reference of every iteration, read from
+    where it lies: its content hash is recorded when the run first uses it. Changed in place while the
+    run was stopped: the resume is refused naming the directory; restored: the run goes on."""
+    import shutil
+
+    model = tmp_path / "my-model"
+    shutil.copytree(user["model"], model)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # a distinct pad: no fixed copy is made
+        f = model / name
+        if f.is_file():
+            f.write_text(json.dumps({**json.loads(f.read_text()), "pad_token": "<|endoftext|>"}))
+    run_dir = tmp_path / "run"
+    args = ["+experiment=quickstart", *files_args(user, f"model.path={model}", "loop.labeler=reward_model",
+                                                 f"task.pairs={user['pairs']}", f"run_dir={run_dir}")]
+    p = run_cli(*args, env={"RLHF_OPS_FAULT": "0:policy_update:before"})
+    assert p.returncode == 137, p.stderr[-2000:]
+    config = model / "config.json"
+    original = config.read_bytes()
+    config.write_text(json.dumps({**json.loads(original), "rope_theta": 12345.0}))
+    p = run_cli(*args)
+    assert p.returncode == 1, p.stderr[-2000:]
+    line = p.stderr.strip().splitlines()[-1]
+    assert str(model) in line and "changed (sha256" in line and "allow_config_change=true" in line, line
+    step_dir = run_dir / "iter_000" / "policy_update"
+    assert not step_dir.exists() or not any(step_dir.iterdir()), "nothing ran"
+    config.write_bytes(original)
+    p = run_cli(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

@@ -13,13 +13,15 @@ gate, and the gate rolls the iteration back. `StopLoop` pauses the run (the step
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..ledger import Ledger, hash_path
+from ..artifacts import InputError
+from ..ledger import EXTERNAL_KIND, Ledger, hash_path
 from .errors import AbandonIteration, RecipeError, StopLoop
 from .state import IterationWork, LoopState
 
@@ -82,6 +84,28 @@ def check_recipe(setup: list[str], per_iteration: list[str], iterations: int, kn
         raise RecipeError("loop.iterations=0 but the loop has per-iteration steps; set loop.iterations >= 1")
 
 
+def external_checkpoints(value: Any, run_dir: Path) -> list[str]:
+    """The checkpoint directories (holding a config.json) outside the run dir that a state names: a user's
+    base model, a reward model given by path. Their content hash is recorded and checked on resume."""
+    inside = os.path.realpath(run_dir)
+    found: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and "/" in v and os.path.isfile(os.path.join(v, "config.json")):
+            real = os.path.realpath(v)
+            if os.path.commonpath([real, inside]) != inside:
+                found.add(os.path.abspath(v))
+
+    walk(value)
+    return sorted(found)
+
+
 class StepRunner:
     """Runs (or resumes) setup once and `steps` for `iterations`; the ledger is the only record."""
 
@@ -95,12 +119,14 @@ class StepRunner:
         self.plan = [(SETUP, s) for s in lp.setup] + [(i, s) for i in range(lp.iterations) for s in lp.steps]
         self.on_step_start, self.on_step_end = on_step_start, on_step_end
         self.hooks = STEP_HOOKS if hooks is None else hooks
+        self._external: set[str] = set()  # checkpoints outside the run dir whose hash the ledger holds
 
     def run(self) -> tuple[LoopState, str | None]:
         """The final state, and the reason if a step paused the loop (StopLoop)."""
         self.ledger.mark_interrupted()  # 'running' rows can only be left by a crash
         last = self.ledger.last_completed()
         state = LoopState.from_json(last[2]) if last else LoopState()
+        self._check_external()
         resume_at = next((k for k, (i, s) in enumerate(self.plan) if last and (i, s) == last[:2]), -1)
         if last and resume_at < 0:
             raise RecipeError(f"the ledger's last finished step ({last[1]!r}, iteration {last[0]}) is not in this "
@@ -154,9 +180,32 @@ class StepRunner:
             self.on_step_end(ctx)
         return ctx.state
 
+    def _check_external(self) -> None:
+        """Every checkpoint outside the run dir that this run used must be as it was when first used: a
+        base model replaced in place would make the resumed run a different experiment without a word."""
+        recorded = {row["path"]: row for row in self.ledger.artifacts(kind=EXTERNAL_KIND)}  # the last per path
+        self._external = set(recorded)
+        for path, row in recorded.items():
+            try:
+                now = hash_path(path)[0]
+            except FileNotFoundError:
+                now = None
+            if now == row["sha256"]:
+                continue
+            what = "is gone" if now is None else f"changed (sha256 {row['sha256'][:12]}... -> {now[:12]}...)"
+            if not getattr(self.cfg, "allow_config_change", False) or now is None:
+                raise InputError(f"{path}: this checkpoint outside the run dir, used by the run since iteration "
+                                 f"{row['iteration']} ({row['node']}), {what} since then; restore it to resume"
+                                 + ("" if now is None else ", or pass allow_config_change=true to go on with it"))
+            log.warning("resuming with a changed checkpoint (allow_config_change=true): %s %s", path, what)
+            self._external.discard(path)  # recorded again, with its new hash, at the next commit
+
     def _commit(self, ctx: StepContext, stage_run_id: int, wall_s: float) -> None:
         # Hash first: hashing a checkpoint takes a while and should not hold the ledger's write lock.
         digests = [(kind, path, hash_path(path)) for kind, path in ctx.artifacts]
+        new_external = [p for p in external_checkpoints(ctx.state.to_json(), self.run_dir)
+                        if p not in self._external]
+        digests += [(EXTERNAL_KIND, p, hash_path(p)) for p in new_external]
         with self.ledger.transaction():  # after a crash either all of this is recorded or none
             for kind, path, digest in digests:
                 self.ledger.record_artifact(stage_run_id, ctx.iteration, ctx.step, kind, path, digest)
@@ -166,6 +215,7 @@ class StepRunner:
             if ctx.iteration_status:
                 self.ledger.set_iteration(ctx.iteration, **ctx.iteration_status)
             self.ledger.finish_stage(stage_run_id, "done", ctx.state.to_json(), wall_s)
+        self._external.update(new_external)
 
     def _fresh_dir(self, iteration: int, step: str) -> Path:
         d = self.run_dir / ("setup" if iteration == SETUP else f"iter_{iteration:03d}") / step
