@@ -218,10 +218,17 @@ def read_table(path: str | Path, *, required: tuple[str, ...] = (), nonempty_tex
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    """JSON lines parsed with `json` (floats round-trip exactly, ids stay strings)."""
+    """JSON lines parsed with `json` (floats round-trip exactly, ids stay strings).
+
+    A UTF-8 byte-order mark on line 1 is accepted (as the human-labels reader accepts it: Excel and
+    Notepad write one); a byte that is not UTF-8 names its line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"line {n}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from e
             if line.strip():
                 try:
                     rows.append(json.loads(line))

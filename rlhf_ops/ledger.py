@@ -104,7 +104,9 @@ class ConfigDifference(NamedTuple):
     new: Any
 
     def __str__(self) -> str:
-        return f"{self.key}: {_show(self.old)} -> {_show(self.new)}"
+        added = ("  (a key this version of rlhf_ops has and the one that started the run did not: check that its "
+                 "value keeps the run's behaviour)") if self.old is _ABSENT else ""
+        return f"{self.key}: {_show(self.old)} -> {_show(self.new)}{added}"
 
 
 _ABSENT = object()

@@ -411,7 +411,8 @@ def file_cases(a: dict, d: Path):
     yield case("a JSON array instead of JSON lines", json.dumps(good).encode())
     yield case("a pretty-printed JSON array (.json)", json.dumps(good, indent=2).encode(), suffix=".json")
     yield case("one pretty-printed object per record", "".join(json.dumps(r, indent=2) + "\n" for r in good).encode())
-    yield case("a UTF-8 BOM", b"\xef\xbb\xbf" + Path(a["u_prompts"]).read_bytes())
+    yield case("a UTF-8 BOM (accepted, as in a labels file)", b"\xef\xbb\xbf" + Path(a["u_prompts"]).read_bytes(),
+               handled=r"read \d+ training and \d+ evaluation prompts")
     yield case("Latin-1 text, not UTF-8", b'{"prompt": "caf\xe9 au lait"}\n' * 4)
     yield case("a truncated last line", Path(a["u_prompts"]).read_bytes()[:-9])
     yield case("column 'question' instead of 'prompt'", [{"question": r["prompt"]} for r in good])

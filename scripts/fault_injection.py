@@ -19,6 +19,9 @@ write, via RLHF_OPS_FAULT_LOG); then, one at a time (never two training processe
 - sigterm / sigint (only with --kinds ...,sigterm,sigint): the same random timing, but SIGTERM (a
   scheduler's preemption) or SIGINT (Ctrl-C) to the process group; the run must stop cleanly: exit
   143 / 130, no 'running' row, no `*.tmp`, the lock released; then the same checks after the resume;
+- preempt (only with --kinds ...,preempt): a preempted cluster job: SIGTERM at a random time, then
+  SIGKILL after a grace period drawn from [0, 3 s] if the run has not stopped by then; it may die
+  mid clean-up, and the resume must still lose at most the step in flight (the same checks);
 - enospc (only with --kinds ...,enospc): RLHF_OPS_FAULT="write:<n>:enospc" makes each atomic write
   fail with OSError(ENOSPC) at its rename; the run must exit 1 naming the error, and the resume
   (disk freed) must finish like the reference.
@@ -346,17 +349,21 @@ def fault_kill(ref: Reference, run_dir: Path, kind: str, spec: str) -> Outcome:
     return outcome
 
 
-SIGNAL_KINDS = {"random": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
+SIGNAL_KINDS = {"random": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "preempt": signal.SIGTERM}
+PREEMPT_GRACE_S = 3.0  # a preempted cluster job: SIGTERM, then SIGKILL after a grace drawn from [0, this]
 
 
-def random_kill(ref: Reference, run_dir: Path, delay: float, kind: str = "random") -> Outcome | float:
+def random_kill(ref: Reference, run_dir: Path, delay: float, kind: str = "random",
+                grace: float | None = None) -> Outcome | float:
     """SIGKILL (or SIGTERM / SIGINT, for kind sigterm / sigint) to the CLI's process group after `delay`
     seconds, then resume and check; or, if the run finished before the delay (the machine got faster
     than when the duration was measured), its wall time: draw again. A SIGTERM / SIGINT must stop the
-    run cleanly: exit 128 + the signal, no 'running' row and no temporary output left behind."""
+    run cleanly: exit 128 + the signal, no 'running' row and no temporary output left behind. A preempt
+    (a cluster job's SIGTERM, then SIGKILL after `grace` seconds if it is still running) must lose at
+    most the step in flight: the resume's checks are the same as after a SIGKILL."""
     sig = SIGNAL_KINDS[kind]
     t0 = time.monotonic()
-    outcome = Outcome(kind, f"{sig.name.lower()}@{delay:.2f}s")
+    outcome = Outcome(kind, f"{sig.name.lower()}@{delay:.2f}s" + (f"+kill@{grace:.2f}s" if kind == "preempt" else ""))
     proc = popen_cli(run_dir, run_dir.with_name(run_dir.name + ".killed.log"))
     try:
         proc.wait(timeout=delay)
@@ -365,14 +372,21 @@ def random_kill(ref: Reference, run_dir: Path, delay: float, kind: str = "random
         return finished_after
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, sig)  # the CLI and anything it started, like kill -9 (or a scheduler's SIGTERM)
+        if kind == "preempt":
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:  # the grace period is over: the scheduler's SIGKILL
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         try:
             proc.wait(timeout=300)
         except subprocess.TimeoutExpired:  # a clean stop that never came: a failure, then kill it
             outcome.problems.append(f"still running 300 s after {sig.name}")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        outcome.killed = proc.returncode in (KILLED_RC if sig == signal.SIGKILL else (128 + sig, -sig))
-        if sig != signal.SIGKILL and not outcome.problems:
+        stopped = (128 + sig, -sig) if sig != signal.SIGKILL else ()
+        outcome.killed = proc.returncode in (KILLED_RC if kind in ("random", "preempt") else ()) + stopped
+        if kind in ("sigterm", "sigint") and not outcome.problems:
             if (run_dir / "ledger.sqlite").exists() and ledger_rows(
                     run_dir, "select 1 from stage_runs where status = 'running'"):
                 outcome.problems.append(f"a 'running' row left after {sig.name}")
@@ -398,6 +412,7 @@ KIND_ROWS = [
     ("random-time SIGKILL", lambda o: o.kind == "random"),
     ("random-time SIGTERM (stops cleanly, then resume)", lambda o: o.kind == "sigterm"),
     ("random-time SIGINT (Ctrl-C; stops cleanly, then resume)", lambda o: o.kind == "sigint"),
+    (f"preemption: random-time SIGTERM, SIGKILL within {PREEMPT_GRACE_S:g} s", lambda o: o.kind == "preempt"),
 ]
 
 
@@ -414,15 +429,15 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 def landing_table(outcomes: list[Outcome]) -> str:
-    randoms = [o for o in outcomes if o.kind == "random"]
-    if not randoms:
+    timed = [o for o in outcomes if o.kind in SIGNAL_KINDS]
+    if not timed:
         return ""
-    counts: dict[str, list[Outcome]] = {}
-    for o in randoms:
-        counts.setdefault(o.landed, []).append(o)
-    lines = ["| random kill landed | kills | resumed correctly | final summary equal |", "|---|---|---|---|"]
-    for where, rows in sorted(counts.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"| {where} | {len(rows)} | {sum(o.resumed_correctly for o in rows)} | "
+    counts: dict[tuple[str, str], list[Outcome]] = {}
+    for o in timed:
+        counts.setdefault((o.kind, o.landed), []).append(o)
+    lines = ["| kill | landed | kills | resumed correctly | final summary equal |", "|---|---|---|---|---|"]
+    for (kind, where), rows in sorted(counts.items(), key=lambda kv: (list(SIGNAL_KINDS).index(kv[0][0]), -len(kv[1]))):
+        lines.append(f"| {kind} | {where} | {len(rows)} | {sum(o.resumed_correctly for o in rows)} | "
                      f"{sum(o.resumed_correctly and o.equal for o in rows)} |")
     return "\n".join(lines)
 
@@ -434,9 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/rlhf_ops_fault_injection"),
                     help="directory for the run dirs, logs and campaign.json")
     ap.add_argument("--kinds", default="boundary,write,random",
-                    help="comma-separated subset of boundary,write,random,enospc,sigterm,sigint (enospc: a full "
-                         "disk at each atomic write; the run must exit 1 naming the error and the resume must finish; "
-                         "sigterm / sigint: --kills of each at random times, each must stop the run cleanly)")
+                    help="comma-separated subset of boundary,write,random,enospc,sigterm,sigint,preempt (enospc: a "
+                         "full disk at each atomic write; the run must exit 1 naming the error and the resume must "
+                         "finish; sigterm / sigint: --kills of each at random times, each must stop the run cleanly; "
+                         "preempt: SIGTERM then SIGKILL within a few seconds, as a cluster scheduler does)")
     ap.add_argument("--write-stride", type=int, default=1, help="try every K-th atomic write only (default: all)")
     ap.add_argument("--write-offset", type=int, default=0,
                     help="with --write-stride: start from this write (0-based), e.g. 1 for the ones stride 2 skipped")
@@ -476,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         rng, kills = random.Random(args.seed), 0
         while kills < args.kills and len(redrawn) < 2 * args.kills * len(timed):
             delay = rng.uniform(0.0, duration)
-            o = random_kill(ref, args.out / f"{done:03d}_{kind}", delay, kind)
+            grace = rng.uniform(0.0, PREEMPT_GRACE_S) if kind == "preempt" else None
+            o = random_kill(ref, args.out / f"{done:03d}_{kind}", delay, kind, grace)
             if isinstance(o, float):  # finished before the kill: the run is faster now; draw again
                 redrawn.append(round(delay, 2))
                 duration = o

@@ -160,3 +160,44 @@ def test_a_base_model_outside_the_run_dir_that_changed_is_refused_on_resume(user
     p = run_cli(*args)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def _task(tmp_path, prompts: list, **kw):
+    from rlhf_ops.tasks.files import FilesTask
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(kw.pop("raw", b"") or "".join(json.dumps({"prompt": p}) + "\n" for p in prompts).encode())
+    return FilesTask(prompts=str(path), **kw)
+
+
+def test_the_copies_of_a_duplicated_prompt_land_on_one_side_of_the_split(tmp_path):
+    """A prompt given five times must not be evaluated on while its copies are trained on."""
+    distinct = [f"Tell me about topic {i}." for i in range(30)]
+    prompts = distinct + [distinct[3]] * 4 + [distinct[17]] * 4
+    for seed in range(8):
+        td = _task(tmp_path, prompts, eval_fraction=0.2, seed=seed).load(0)
+        train, held = set(td.train_prompts["prompt"]), set(td.eval_prompts["prompt"])
+        assert not train & held, f"seed {seed}: {train & held}"
+        assert len(td.train_prompts) + len(td.eval_prompts) == len(prompts), "every row kept, once"
+    without = _task(tmp_path, distinct, eval_fraction=0.2, seed=1).load(0)
+    assert len(without.eval_prompts) == 6 and len(without.train_prompts) == 24
+    with pytest.raises(Exception, match=r"5 prompt\(s\), 1 distinct, cannot be split"):
+        _task(tmp_path, ["the same"] * 5).load(0)
+
+
+def test_evaluation_prompts_that_are_also_training_prompts_are_counted_once(tmp_path, caplog):
+    prompts = [f"Prompt {i}" for i in range(10)]
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[:3] + ["A new one"]))
+    with caplog.at_level("WARNING"):
+        _task(tmp_path, prompts, eval_prompts=str(evals)).load(0)
+    shared = [r.getMessage() for r in caplog.records if "also training prompts" in r.getMessage()]
+    assert len(shared) == 1 and "3 of 4 evaluation prompt(s)" in shared[0] and str(evals) in shared[0]
+
+
+def test_a_byte_order_mark_is_accepted_and_a_latin1_byte_names_its_line(tmp_path):
+    rows = "".join(json.dumps({"prompt": f"Prompt {i}"}) + "\n" for i in range(6)).encode()
+    td = _task(tmp_path, [], raw=b"\xef\xbb\xbf" + rows).load(0)
+    assert len(td.train_prompts) + len(td.eval_prompts) == 6 and td.train_prompts["prompt"].iloc[0].startswith("Prompt")
+    with pytest.raises(Exception, match=r"prompts.jsonl.*line 7: not UTF-8 text"):
+        _task(tmp_path, [], raw=rows + '{"prompt": "caf\xe9"}\n'.encode("latin-1")).load(0)

@@ -13,6 +13,7 @@ and no simulated annotators.
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,8 @@ from typing import Optional
 from rlhf_ops.artifacts import InputError
 from rlhf_ops.formats import normalize_pairs, normalize_prompts, normalize_sft, read_any, source_key
 from rlhf_ops.tasks import TaskData
+
+log = logging.getLogger(__name__)
 
 
 class FilesTask:
@@ -56,14 +59,35 @@ class FilesTask:
         rng = random.Random(self.seed)
         if eval_prompts is None:
             # A frozen split by task.seed (not the run's seed): every run on these files evaluates the same prompts.
+            # Split by distinct prompt, so the copies of a duplicated prompt all land on one side (evaluating on
+            # a prompt the policy trained on would flatter it); with no duplicates this is a split of the rows.
             n_eval = min(self.max_eval_prompts, max(1, round(len(prompts) * self.eval_fraction)))
-            if len(prompts) - n_eval < 1:
-                raise InputError(f"{self.paths['prompts']}: {len(prompts)} prompt(s) cannot be split into training "
-                                 "and evaluation prompts; give at least 2, or task.eval_prompts=FILE")
-            order = list(range(len(prompts)))
+            keys = [source_key(p) for p in prompts["prompt"]]
+            rows: dict[str, list[int]] = {}
+            for i, key in enumerate(keys):
+                rows.setdefault(key, []).append(i)
+            groups = list(rows.values())
+            if len(prompts) - n_eval < 1 or len(groups) < 2:
+                raise InputError(f"{self.paths['prompts']}: {len(prompts)} prompt(s), {len(groups)} distinct, cannot be "
+                                 "split into training and evaluation prompts; give at least 2 different prompts, or "
+                                 "task.eval_prompts=FILE")
+            order = list(range(len(groups)))
             rng.shuffle(order)
-            eval_prompts = prompts.iloc[sorted(order[:n_eval])].reset_index(drop=True)
-            prompts = prompts.iloc[sorted(order[n_eval:])].reset_index(drop=True)
+            taken: list[int] = []
+            for g in order[:-1]:  # at least one distinct prompt stays for training
+                if len(taken) >= n_eval:
+                    break
+                taken += groups[g]
+            held = set(taken)
+            eval_prompts = prompts.iloc[sorted(held)].reset_index(drop=True)
+            prompts = prompts.iloc[[i for i in range(len(keys)) if i not in held]].reset_index(drop=True)
+        else:
+            train_keys = {source_key(p) for p in prompts["prompt"]}
+            shared = [i for i, p in enumerate(eval_prompts["prompt"]) if source_key(p) in train_keys]
+            if shared:  # counted once, not per row
+                log.warning("%s: %d of %d evaluation prompt(s) are also training prompts (first: row %d); the "
+                            "evaluation scores prompts the policy trained on", self.paths["eval_prompts"], len(shared),
+                            len(eval_prompts), shared[0])
         sft = self._read("sft", normalize_sft)
         pairs = self._read("pairs", normalize_pairs)
         heldout = None
