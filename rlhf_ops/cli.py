@@ -224,13 +224,16 @@ def _exit_without_teardown() -> None:
     1.2 s here after a stage, longer than some tiny stages' training; the operating system frees the same
     memory in an instant. What must happen before exit still does: the exit handlers libraries registered
     (logging's flush, wandb, datasets' temporary files) run first, and stdout / stderr are flushed. Only
-    after success, and only with no other thread still running (then the normal exit joins it)."""
+    after success, with no other thread still running (then the normal exit joins it), and not under a
+    profiler, a tracer or a debugger, or with RLHF_OPS_NORMAL_EXIT=1."""
     import atexit
     import os
     import threading
 
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
+    if sys.getprofile() is not None or sys.gettrace() is not None or os.environ.get("RLHF_OPS_NORMAL_EXIT"):
+        return  # a profiler (python -m cProfile), a tracer or a debugger writes its results after main() returns
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -384,8 +384,14 @@ def random_kill(ref: Reference, run_dir: Path, delay: float, kind: str = "random
             outcome.problems.append(f"still running 300 s after {sig.name}")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if proc.returncode == 0:  # it had finished on its own in the instant before the signal: draw again
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return time.monotonic() - t0
         stopped = (128 + sig, -sig) if sig != signal.SIGKILL else ()
-        outcome.killed = proc.returncode in (KILLED_RC if kind in ("random", "preempt") else ()) + stopped
+        expected = (KILLED_RC if kind in ("random", "preempt") else ()) + stopped
+        outcome.killed = proc.returncode in expected
+        if not outcome.killed:
+            outcome.problems.append(f"exited {proc.returncode} after {sig.name}, expected one of {expected}")
         if kind in ("sigterm", "sigint") and not outcome.problems:
             if (run_dir / "ledger.sqlite").exists() and ledger_rows(
                     run_dir, "select 1 from stage_runs where status = 'running'"):
