@@ -151,7 +151,11 @@ class Bench:
         return ref
 
     def iteration_ours(self, run_dir: Path) -> list[str]:
-        return self.ours(*self.setup_overrides(), "loop.iterations=1", f"run_dir={run_dir}", "allow_config_change=true")
+        # tracking=disabled with --no-tracking: the raw script logs nothing, while the quickstart's default
+        # (tracking=offline) starts a wandb run; the loop's own records (ledger, metrics.jsonl) stay.
+        off = ["tracking=disabled"] if self.a.no_tracking else []
+        return self.ours(*self.setup_overrides(), "loop.iterations=1", f"run_dir={run_dir}", "allow_config_change=true",
+                         *off)
 
     def iteration_raw(self, inp: dict, ref: Path, out: Path, gc: str) -> list[str]:
         meta = json.loads((ref / "iter_000" / "policy_update" / "policy" / "stage_meta.json").read_text())
@@ -319,6 +323,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repo", default=str(HERE.parent), help="the rlhf_ops checkout 'ours' runs from (its cwd)")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--no-tracking", action="store_true",
+                   help="the iteration: ours with tracking=disabled (the raw script has no wandb run; the quickstart "
+                        "default is tracking=offline)")
     p.add_argument("--raw-gradient-checkpointing", choices=("auto", "off", "on", "trl-default"), default="auto",
                    help="auto: what ours passed to TRL (read from its stage_meta.json); TRL 1.12's own default is on")
     p.add_argument("--summarize", default="", metavar="JSON", help="print the table of an earlier --out file and exit")
