@@ -205,6 +205,17 @@ def _ignored_on_resume(key: str) -> bool:
     return any(key == ignored or key.startswith(ignored + ".") for ignored in RESUME_IGNORED_KEYS)
 
 
+def _map_strings(value: Any, f) -> Any:
+    """``value`` (JSON: dicts, lists, scalars) with ``f`` applied to every string in it (not to keys)."""
+    if isinstance(value, str):
+        return f(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(x, f) for k, x in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(x, f) for x in value]
+    return value
+
+
 class Ledger:
     """The SQLite ledger of one run directory. Usable as a context manager."""
 
@@ -260,35 +271,20 @@ class Ledger:
         """``value`` (JSON) with every string that is a path under the run dir written as RUN_DIR_MARK/rest."""
         prefixes = self._prefixes()
 
-        def walk(v: Any) -> Any:
-            if isinstance(v, str):
-                for prefix in prefixes:
-                    if v == prefix or v.startswith(prefix + "/"):
-                        return RUN_DIR_MARK + v[len(prefix):]
-                return v
-            if isinstance(v, dict):
-                return {k: walk(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [walk(x) for x in v]
+        def relative(v: str) -> str:
+            for prefix in prefixes:
+                if v == prefix or v.startswith(prefix + "/"):
+                    return RUN_DIR_MARK + v[len(prefix):]
             return v
 
-        return walk(value)
+        return _map_strings(value, relative)
 
     def _located(self, value: Any) -> Any:
         """The inverse of _relocatable, under the run dir's path now (a ledger written before paths were
         relative holds absolute ones: they come back unchanged)."""
         here = str(self.run_dir)
-
-        def walk(v: Any) -> Any:
-            if isinstance(v, str):
-                return here + v[len(RUN_DIR_MARK):] if v == RUN_DIR_MARK or v.startswith(RUN_DIR_MARK + "/") else v
-            if isinstance(v, dict):
-                return {k: walk(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [walk(x) for x in v]
-            return v
-
-        return walk(value)
+        return _map_strings(value, lambda v: here + v[len(RUN_DIR_MARK):]
+                            if v == RUN_DIR_MARK or v.startswith(RUN_DIR_MARK + "/") else v)
 
     def __enter__(self) -> Ledger:
         return self

@@ -39,30 +39,18 @@ def main() -> None:
     import rlhf_ops.stages.common as common
 
     mark("cli imported")
-    run_stage, fit, precheck = launcher.run_stage, common.fit, cli.precheck
+    def timed(fn, name: str):
+        def wrapper(*a, **k):
+            mark(f"{name} start")
+            try:
+                return fn(*a, **k)
+            finally:
+                mark(f"{name} end")
+        return wrapper
 
-    def timed_fit(*a, **k):
-        mark("fit start")
-        try:
-            return fit(*a, **k)
-        finally:
-            mark("fit end")
-
-    def timed_run_stage(*a, **k):
-        mark("stage start")
-        try:
-            return run_stage(*a, **k)
-        finally:
-            mark("stage end")
-
-    def timed_precheck(*a, **k):
-        mark("pre-check start")
-        try:
-            return precheck(*a, **k)
-        finally:
-            mark("pre-check end")
-
-    common.fit, launcher.run_stage, cli.precheck = timed_fit, timed_run_stage, timed_precheck
+    common.fit = timed(common.fit, "fit")
+    launcher.run_stage = timed(launcher.run_stage, "stage")
+    cli.precheck = timed(cli.precheck, "pre-check")
     sys.argv = ["rlhf_ops", *argv]
     cli.main(fast_exit=not teardown)
 
