@@ -35,8 +35,7 @@ def main() -> None:
 
     atexit.register(lambda: mark("exit (last exit handler)"))  # registered first: runs last
     import rlhf_ops.cli as cli
-    import rlhf_ops.launcher as launcher
-    import rlhf_ops.stages.common as common
+    import rlhf_ops.launcher as launcher  # light: no torch
 
     mark("cli imported")
     def timed(fn, name: str):
@@ -48,8 +47,15 @@ def main() -> None:
                 mark(f"{name} end")
         return wrapper
 
-    common.fit = timed(common.fit, "fit")
-    launcher.run_stage = timed(launcher.run_stage, "stage")
+    run_stage = launcher.run_stage
+
+    def stage(*a, **k):  # the stage modules (and torch) are imported only now, as in a plain run
+        import rlhf_ops.stages.common as common
+
+        common.fit = timed(common.fit, "fit")  # before the stage module's `from .common import fit`
+        return run_stage(*a, **k)
+
+    launcher.run_stage = timed(stage, "stage")
     cli.precheck = timed(cli.precheck, "pre-check")
     sys.argv = ["rlhf_ops", *argv]
     cli.main(fast_exit=not teardown)
