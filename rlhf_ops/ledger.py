@@ -205,14 +205,14 @@ def _ignored_on_resume(key: str) -> bool:
     return any(key == ignored or key.startswith(ignored + ".") for ignored in RESUME_IGNORED_KEYS)
 
 
-def _map_strings(value: Any, f) -> Any:
+def map_strings(value: Any, f) -> Any:
     """``value`` (JSON: dicts, lists, scalars) with ``f`` applied to every string in it (not to keys)."""
     if isinstance(value, str):
         return f(value)
     if isinstance(value, dict):
-        return {k: _map_strings(x, f) for k, x in value.items()}
+        return {k: map_strings(x, f) for k, x in value.items()}
     if isinstance(value, list):
-        return [_map_strings(x, f) for x in value]
+        return [map_strings(x, f) for x in value]
     return value
 
 
@@ -277,13 +277,13 @@ class Ledger:
                     return RUN_DIR_MARK + v[len(prefix):]
             return v
 
-        return _map_strings(value, relative)
+        return map_strings(value, relative)
 
     def _located(self, value: Any) -> Any:
         """The inverse of _relocatable, under the run dir's path now (a ledger written before paths were
         relative holds absolute ones: they come back unchanged)."""
         here = str(self.run_dir)
-        return _map_strings(value, lambda v: here + v[len(RUN_DIR_MARK):]
+        return map_strings(value, lambda v: here + v[len(RUN_DIR_MARK):]
                             if v == RUN_DIR_MARK or v.startswith(RUN_DIR_MARK + "/") else v)
 
     def __enter__(self) -> Ledger:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifacts import InputError
-from ..ledger import EXTERNAL_KIND, Ledger, hash_path
+from ..ledger import EXTERNAL_KIND, Ledger, hash_path, map_strings
 from .errors import AbandonIteration, RecipeError, StopLoop
 from .state import IterationWork, LoopState
 
@@ -90,19 +90,13 @@ def external_checkpoints(value: Any, run_dir: Path) -> list[str]:
     inside = os.path.realpath(run_dir)
     found: set[str] = set()
 
-    def walk(v: Any) -> None:
-        if isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-        elif isinstance(v, str) and "/" in v and os.path.isfile(os.path.join(v, "config.json")):
-            real = os.path.realpath(v)
-            if os.path.commonpath([real, inside]) != inside:
+    def visit(v: str) -> str:
+        if "/" in v and os.path.isfile(os.path.join(v, "config.json")):
+            if os.path.commonpath([os.path.realpath(v), inside]) != inside:
                 found.add(os.path.abspath(v))
+        return v
 
-    walk(value)
+    map_strings(value, visit)
     return sorted(found)
 
 
