@@ -31,7 +31,7 @@ class PolicyUpdate(Choice):
 
 
 class Labeler(Choice):
-    annotator = "annotator"; reward_model = "reward_model"; human = "human"  # noqa: E702
+    annotator = "annotator"; reward_model = "reward_model"; human = "human"; judge = "judge"  # noqa: E702
 
 
 class EnsembleReduce(Choice):
@@ -72,6 +72,14 @@ class WandbMode(Choice):
 
 class KLEstimator(Choice):
     k1 = "k1"; k3 = "k3"  # noqa: E702
+
+
+class GateOracle(Choice):
+    auto = "auto"; gold = "gold"; judge = "judge"; none = "none"  # noqa: E702
+
+
+class GateTest(Choice):
+    sequential = "sequential"; fixed = "fixed"  # noqa: E702
 
 
 
@@ -285,6 +293,55 @@ class KLConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """An LLM judge (rlhf_ops/labelers/judge.py): a local model directory or an OpenAI-compatible server."""
+
+    # A local causal-LM directory with a chat template (the judge runs in this process) ...
+    model: str = ""
+    # ... or the address of an OpenAI-compatible chat-completions server (http://host:port[/v1]).
+    url: str = ""
+    # The `model` field sent to the server (vLLM and OpenAI need it; rlhf_ops.serve ignores it).
+    model_name: str = ""
+    # The environment variable holding the server's API key (empty = no Authorization header).
+    api_key_env: str = ""
+    # The judge's instructions (system turn); empty = the built-in helpfulness rubric.
+    rubric: str = ""
+    # The user turn, with {question}, {a} and {b}; empty = the built-in template.
+    template: str = ""
+    # A comparison is a tie when the order-averaged preference is within this of 0.5.
+    tie_margin: float = 0.05
+    # Local judge: prompts per forward pass.
+    batch_size: int = 8
+    # Server: seconds per request, retries (connection errors, 429, 5xx) and requests in flight.
+    timeout_s: float = 60.0
+    retries: int = 3
+    concurrency: int = 4
+
+
+@dataclass
+class GateConfig:
+    """The gate's head-to-head test of a candidate against the last good policy (loop.min_win_rate is its threshold)."""
+
+    # Who judges it: gold (the task's gold reward) | judge (loop.judge) | none | auto (judge when
+    # loop.judge is set, else gold when the task has it).
+    oracle: GateOracle = GateOracle.auto
+    # sequential (an anytime-valid betting confidence sequence: stops as soon as it can tell) | fixed
+    # (every comparison, then the point estimate).
+    test: GateTest = GateTest.sequential
+    # Error level of the sequential test's confidence sequence.
+    alpha: float = 0.05
+    # At most this many candidate-vs-last-good comparisons per gate (each is two judge calls), and at
+    # least min_comparisons before the sequential test may stop.
+    max_comparisons: int = 64
+    min_comparisons: int = 16
+    # Comparisons per judge batch (the sequential test looks after each).
+    batch: int = 8
+    # Also reject a candidate whose length-controlled win rate is below the threshold while it is
+    # longer than the last good policy (it wins by writing more).
+    length_controlled: bool = True
+
+
+@dataclass
 class LoopConfig:
     # online_ppo | iterative_dpo | offline_dpo | stages_once
     name: str = "online_ppo"
@@ -311,7 +368,7 @@ class LoopConfig:
     # A labels file that labels only some of the exported pairs: pause (again, saying how many are left) |
     # accept (train on the labelled ones) | fallback (the current reward model labels the rest, per row)
     human_labels_partial: PartialLabels = PartialLabels.pause
-    # Labeler of fresh completions: annotator | reward_model | human
+    # Labeler of fresh completions: annotator | reward_model | human | judge (loop.judge)
     labeler: Labeler = Labeler.annotator
     annotator: str = "careful"
     # RM update schedule: every N iterations (null = never by count), on KL since last update.
@@ -337,6 +394,8 @@ class LoopConfig:
     detectors: list[Any] = field(default_factory=list)
     gate_vote: str = "any"
     min_win_rate: Optional[float] = 0.4
+    gate: GateConfig = field(default_factory=GateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     beta_remedy_factor: float = 2.0
     lr_remedy_factor: float = 0.5
     # Stop the run (status "stopped") once this many iterations have been rolled back (null = never).

@@ -313,6 +313,7 @@ def _validate_loop(cfg) -> None:
                 f"the reward model can never be updated within loop.iterations={lp.iterations}"
             )
     _run_dir_ledger(cfg)
+    _validate_judge(cfg)
     if lp.policy_update == "ppo" and lp.ensemble_reduce != "mean" and cfg.stage.reward.ensemble_size == 1:
         import logging
 
@@ -322,6 +323,50 @@ def _validate_loop(cfg) -> None:
     for key, step in (("sft_demos_per_prompt", "sft"), ("n_offline_pairs", "rm_warmup")):  # the testbed's sizes
         if key in cfg.task and step in lp.setup:
             _check(cfg.task[key] >= 1, f"task.{key}", cfg.task[key], f"must be >= 1 (loop.setup runs {step})")
+
+
+def _validate_judge(cfg) -> None:
+    """loop.judge and loop.gate: the judge must exist before anything trains (a local directory with a chat
+    template, or a server that answers the probe), and the test's numbers must make sense."""
+    from .loop.judging import gate_oracle, judge_configured
+
+    lp, g, j = cfg.loop, cfg.loop.gate, cfg.loop.judge
+    _check(_finite(g.alpha) and 0 < g.alpha < 1, "loop.gate.alpha", g.alpha, "must be in (0, 1)")
+    _check(g.min_comparisons >= 1, "loop.gate.min_comparisons", g.min_comparisons, "must be >= 1")
+    _check(g.max_comparisons >= g.min_comparisons, "loop.gate.max_comparisons", g.max_comparisons,
+           f"must be >= loop.gate.min_comparisons ({g.min_comparisons})")
+    _check(g.batch >= 1, "loop.gate.batch", g.batch, "must be >= 1")
+    _check(_finite(j.tie_margin) and 0 <= j.tie_margin < 0.5, "loop.judge.tie_margin", j.tie_margin, "must be in [0, 0.5)")
+    _check(j.batch_size >= 1, "loop.judge.batch_size", j.batch_size, "must be >= 1")
+    _check(_finite(j.timeout_s) and j.timeout_s > 0, "loop.judge.timeout_s", j.timeout_s, "must be > 0 (seconds)")
+    _check(j.retries >= 0, "loop.judge.retries", j.retries, "must be >= 0")
+    _check(j.concurrency >= 1, "loop.judge.concurrency", j.concurrency, "must be >= 1")
+    if j.model and j.url:
+        raise ValueError(f"loop.judge.model={j.model} and loop.judge.url={j.url}: give one judge, a local model "
+                         "directory or a server, not both")
+    oracle = gate_oracle(cfg)
+    uses = ("label" in lp.steps and lp.labeler == "judge") or (oracle == "judge" and lp.min_win_rate is not None)
+    if (lp.labeler == "judge" and "label" in lp.steps or oracle == "judge") and not judge_configured(cfg):
+        who = "loop.labeler=judge" if lp.labeler == "judge" else "loop.gate.oracle=judge"
+        raise ValueError(f"{who} needs a judge: loop.judge.model=DIR (a local chat model) or loop.judge.url=URL "
+                         "(an OpenAI-compatible server)")
+    if oracle == "gold" and str(g.oracle) == "gold":
+        from .tasks import make_task
+
+        if make_task(cfg.task).gold is None:
+            raise ValueError(f"loop.gate.oracle=gold: task '{cfg.task.name}' has no gold reward; use "
+                             "loop.gate.oracle=judge with loop.judge.model or loop.judge.url, or loop.gate.oracle=none")
+    if not uses:
+        return
+    from .labelers.judge import HTTPJudge, check_local_judge, check_template
+
+    if j.template:
+        check_template(j.template)
+    if j.model:
+        check_local_judge(j.model, cfg.model.trust_remote_code)
+    else:
+        HTTPJudge(j.url, model=j.model_name, timeout_s=j.timeout_s, retries=j.retries, concurrency=1,
+                  api_key_env=j.api_key_env).probe()
 
 
 def _run_dir_ledger(cfg) -> None:

@@ -38,7 +38,7 @@ def make_user_files(d: Path, n_prompts: int = 24) -> dict:
             "pairs": write_jsonl(d / "pairs.jsonl", pairs)}
 
 
-def make_user_model(d: Path, texts: list[str]) -> str:
+def make_user_model(d: Path, texts: list[str], hidden: int = 32, max_positions: int = 256, name: str = "my-model") -> str:
     """A tiny Llama saved with save_pretrained; its tokenizer's pad is its EOS (<|im_end|>)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -54,12 +54,12 @@ def make_user_model(d: Path, texts: list[str]) -> str:
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                         max_position_embeddings=256, pad_token_id=fast.pad_token_id,
+                                         max_position_embeddings=max_positions, pad_token_id=fast.pad_token_id,
                                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                                          tie_word_embeddings=True))
-    out = d / "my-model"
+    out = d / name
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return str(out)
@@ -71,3 +71,44 @@ def user_texts(files: dict) -> list[str]:
         for line in Path(path).read_text().splitlines():
             texts.append(line)
     return texts * 3
+
+
+JUDGE_RUBRIC = "Pick the better answer."
+
+
+def make_judge_model(d: Path, texts: list[str], steps: int = 200) -> str:
+    """A small chat model trained, as a user would fine-tune a judge, to answer the letter of the better of
+    two answers under rlhf_ops' judge prompt: a GOOD answer beats a BAD one in either position. A real
+    trained judge (not a fake): it can be wrong, and the tests measure how often."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_ops.labelers.judge import DEFAULT_TEMPLATE, judge_messages
+
+    path = Path(make_user_model(d, texts, hidden=64, max_positions=512, name="my-judge"))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    rng = random.Random(1)
+    a_id, b_id = (tok.encode(x, add_special_tokens=False)[0] for x in ("A", "B"))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    tok.padding_side = "left"
+    model.train()
+    for _ in range(steps):
+        batch, target = [], []
+        for _ in range(16):
+            t = rng.choice(TOPICS)
+            good, bad = rng.choice(GOOD).format(t=t), rng.choice(BAD).format(t=t)
+            first_good = rng.random() < 0.5
+            a, b = (good, bad) if first_good else (bad, good)
+            msgs = judge_messages(JUDGE_RUBRIC, DEFAULT_TEMPLATE, f"Tell me about {t}.", a, b)
+            batch.append(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+            target.append(a_id if first_good else b_id)
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        logits = model(**enc).logits[:, -1, :]
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(target))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(path)
+    return str(path)

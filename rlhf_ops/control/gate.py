@@ -69,6 +69,9 @@ class Gate:
         """(lost, reason). A missing win rate cannot lose; a non-finite one does."""
         if self.min_win_rate is None:
             return False, None
+        decision = current.get("h2h_decision")
+        if decision is not None:  # a judged test decided it (rlhf_ops/loop/judging.py); its reason says how
+            return decision in ("lost", "length"), current.get("h2h_reason")
         wr = metric(current, "win_rate")
         if wr is None:
             return False, "head-to-head skipped: no win_rate in current record"
@@ -103,7 +106,8 @@ class Gate:
             remedies = _dedupe([v.remedy for v in fired if v.remedy != "none"])
             # Losing without a diagnosed cause: the update was too aggressive or noisy.
             if lost and not remedies:
-                remedies = ["lower_lr"]
+                # A candidate that wins only by writing more is exploiting length: pull it back to the reference.
+                remedies = ["raise_beta"] if current.get("h2h_decision") == "length" else ["lower_lr"]
         if accepted and not fired:
             reasons.insert(0, "all checks passed")
         return GateDecision(accepted, reasons, fired, remedies, verdicts)

@@ -18,19 +18,24 @@ from ..control.detectors import Verdict, build_detectors
 from ..control.gate import Gate, GateDecision, apply_remedies
 from ..control.kl_controller import BetaSchedule, KLController, LRSchedule, make_kl_controller
 from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se
-from ..artifacts import write_table
+from ..artifacts import write_json_atomic, write_table
 from ..generation import generate
 from ..labelers import make_labeler
+from ..labelers.judge import JudgeLabeler
 from ..labelers.reward_model import NonFiniteRewardError
 from ..pairs import with_gold
 from ..scoring import load_scorer, pair_correct
 from ..tasks import make_task
 from .common import evaluate_into, scalars, task_gold, train_stage
+from .judging import gate_oracle, judge_head_to_head
 from .errors import AbandonIteration, StopLoop
 from .state import LastGood
 
 log = logging.getLogger(__name__)
 STORE = "preferences/store.parquet"
+# What the iteration log keeps of a judged head-to-head.
+JUDGE_FIELDS = ("h2h_decision", "win_rate_lo", "win_rate_hi", "win_rate_lc", "gold_win_rate", "judge_comparisons",
+                "judge_calls")
 
 
 def collect(ctx) -> None:
@@ -72,8 +77,14 @@ def label(ctx) -> None:
     for pid, group in df.groupby("prompt_id", sort=False):
         prompt_rows.append({"prompt": group["prompt"].iloc[0], "prompt_id": pid})
         candidates.append(group["completion"].tolist())
-    labeler = make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
-                           reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
+    if lp.labeler == "judge":
+        from .judging import loop_judge, questions
+
+        table = pd.read_parquet(s.data["prompts_train"])
+        labeler = JudgeLabeler(loop_judge(ctx), dict(zip(table["prompt"], questions(table))))
+    else:
+        labeler = make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
+                               reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
     if lp.labeler == "human":
         labeler.on_error, labeler.partial = lp.human_labels_on_error, lp.human_labels_partial
         if lp.human_labels_partial == "fallback" and s.rm:
@@ -104,6 +115,8 @@ def label(ctx) -> None:
     merged = pd.concat([old, pairs]).drop_duplicates("pair_id", keep="last").reset_index(drop=True)
     write_table(merged, store)
     ctx.metrics.update({"n_pairs": len(pairs), "store_size": len(merged)})
+    if lp.labeler == "judge":
+        ctx.metrics.update({"judge_calls": labeler.judge.calls, "judge_cached": labeler.judge.cached})
     if gold is not None and len(pairs):
         ctx.metrics["label_gold_agreement"] = float(np.mean(pairs["gold_chosen"] > pairs["gold_rejected"]))
 
@@ -216,9 +229,16 @@ def evaluate(ctx) -> None:
     s, good = ctx.state, ctx.state.last_good
     # The RM unchanged since the last good policy was evaluated: its samples' score under it is known.
     known = good.eval.get("proxy") if s.rm is not None and s.rm == good.rm else None
-    s.work.eval, s.work.eval_samples = evaluate_into(ctx, s.work.candidate, s.rm, baseline_samples=good.samples,
-                                                     baseline_proxy=known, fresh_pairs=s.work.pairs or None)
-    ctx.metrics.update(scalars(s.work.eval))
+    record, s.work.eval_samples = evaluate_into(ctx, s.work.candidate, s.rm, baseline_samples=good.samples,
+                                                baseline_proxy=known, fresh_pairs=s.work.pairs or None)
+    oracle = gate_oracle(ctx.cfg)
+    if oracle != "gold" and "win_rate" in record:  # the gold head-to-head stays on record, for measuring the judge
+        record["gold_win_rate"] = record.pop("win_rate")
+    if oracle == "judge" and ctx.cfg.loop.min_win_rate is not None and good.samples:
+        record.update(judge_head_to_head(ctx, s.work.eval_samples, good.samples))
+        write_json_atomic(ctx.dir / "eval.json", record)
+    s.work.eval = record
+    ctx.metrics.update(scalars(record))
 
 
 def gate(ctx) -> None:
@@ -239,13 +259,18 @@ def gate(ctx) -> None:
         decision = gate_.decide(current, baseline, s.history)
     skipped = [f"{v.name} ({v.reason})" for v in decision.verdicts if v.skipped]
     if lp.min_win_rate is not None and current.get("win_rate") is None and not w.abandoned:
-        skipped.append("head-to-head (no win rate: the task has no gold to judge it)")
+        oracle = gate_oracle(cfg)
+        skipped.append("head-to-head (loop.gate.oracle=none)" if oracle == "none" else
+                       current.get("h2h_reason", "head-to-head") if oracle == "judge" else
+                       "head-to-head (no win rate: the task has no gold to judge it; set loop.judge.model or "
+                       "loop.judge.url for an LLM judge)")
     previous = s.iterations_log[-1].get("skipped_checks") if s.iterations_log else None
     if skipped and skipped != previous:
         log.warning("gate: skipped checks: %s", "; ".join(skipped))
     entry = {"iteration": ctx.iteration, "gold": current.get("gold"), "proxy": current.get("proxy"),
              "kl": current.get("kl"), "length": current.get("length"), "entropy": current.get("entropy"),
-             "win_rate": current.get("win_rate"), "beta": w.beta, "lr_scale": w.lr_scale,
+             "win_rate": current.get("win_rate"), **{k: current[k] for k in JUDGE_FIELDS if k in current},
+             "beta": w.beta, "lr_scale": w.lr_scale,
              "rm_update": w.rm_update_reason, "policy": w.candidate, "skipped_checks": skipped}
     if decision.accepted:
         kl = KLController.from_state_dict(s.kl_state)
