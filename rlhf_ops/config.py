@@ -128,6 +128,8 @@ class ReviewsTaskConfig:
     # Which annotator of the default panel labels offline pairs.
     annotator: str = "careful"
     tokenizer_corpus_size: int = 3000
+    # Capability anchors (held-out well-formed reviews) scored after every update; 0 = none.
+    n_anchors: int = 32
 
 
 @dataclass
@@ -149,6 +151,9 @@ class FilesTaskConfig:
     # Share of the seed pairs held out to measure the reward model's accuracy.
     heldout_pair_fraction: float = 0.1
     seed: int = 0
+    # Capability anchors in the SFT format (prompt + completion, or messages): references scored after every
+    # policy update, so a policy that forgets them is caught (detector capability_anchors); null = none.
+    anchors: Optional[str] = None
 
 
 @dataclass

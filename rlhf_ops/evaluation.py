@@ -14,6 +14,10 @@ One record per evaluation, the detectors' input:
   win_rate     head-to-head vs the last accepted policy on the same prompts, judged by gold
                (ties count half; gold only)
   eos_rate     share of completions that ended with EOS
+  anchor_nll   mean per-token negative log-likelihood of the capability anchors' references (where the
+               task has anchors): what the policy can still write, whatever the reward says
+  anchor_match share of the short anchors (at most ANCHOR_MATCH_TOKENS reference tokens) the policy
+               reproduces exactly with greedy decoding
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .generation import generate, sequence_stats
 from .models import load_policy, load_tokenizer
@@ -44,6 +49,40 @@ def repeated_bigram_rate(text: str) -> float:
     return 1.0 - len(set(bigrams)) / len(bigrams)
 
 
+ANCHOR_MATCH_TOKENS = 16
+
+
+@torch.no_grad()
+def anchor_metrics(model, tok, prompts: list[str], references: list[str], batch_size: int = 32) -> dict:
+    """anchor_nll (mean over anchors of the per-token NLL of the reference, EOS included, teacher-forced)
+    and anchor_match (greedy exact match on the short references; absent when none is short)."""
+    device = next(model.parameters()).device
+    eos = tok.eos_token_id
+    rows = [(tok(p, add_special_tokens=False)["input_ids"], tok(r, add_special_tokens=False)["input_ids"] + [eos])
+            for p, r in zip(prompts, references)]
+    nll = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        width = max(len(q) + len(r) for q, r in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        attn, mask = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+        for j, (q, r) in enumerate(chunk):
+            ids[j, :len(q) + len(r)] = torch.tensor(q + r)
+            attn[j, :len(q) + len(r)] = 1
+            mask[j, len(q):len(q) + len(r)] = True
+        lp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float(), -1)
+        tok_lp = lp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+        m = mask[:, 1:]
+        nll += (-(tok_lp * m).sum(-1) / m.sum(-1).clamp(min=1)).tolist()
+    out = {"anchor_nll": float(np.mean(nll)), "n_anchors": len(rows)}
+    short = [i for i, (_, r) in enumerate(rows) if len(r) - 1 <= ANCHOR_MATCH_TOKENS]
+    if short:
+        s = generate("", [prompts[i] for i in short], 1, max_new_tokens=ANCHOR_MATCH_TOKENS + 1, temperature=0.0,
+                     model=model, tokenizer=tok)
+        out["anchor_match"] = float(np.mean([c.strip() == references[i].strip() for c, i in zip(s.completions, short)]))
+    return out
+
+
 def win_rate(new_gold: list[float], old_gold: list[float]) -> float:
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(new_gold, old_gold)]
     return float(np.mean(wins)) if wins else float("nan")
@@ -52,11 +91,13 @@ def win_rate(new_gold: list[float], old_gold: list[float]) -> float:
 def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str | None, prompts: list[str], *, samples_per_prompt: int,
                     max_new_tokens: int, temperature: float, seed: int, baseline_samples: pd.DataFrame | None = None,
                     rescore_baseline: bool = False, fresh_pairs: pd.DataFrame | None = None, progress: bool = False,
-                    trust_remote_code: bool = False, gold=None) -> tuple[dict, pd.DataFrame]:
+                    trust_remote_code: bool = False, gold=None, anchors: pd.DataFrame | None = None
+                    ) -> tuple[dict, pd.DataFrame]:
     """(metrics record, samples table). The sampling seed is fixed per call so that two policies
     are compared on the same prompts with the same random stream. `gold(prompt, completion)` is the
     task's gold reward, or None; `rm_dir` None means no reward model yet (no proxy). `rescore_baseline`:
-    also score `baseline_samples` with this RM (`baseline_proxy`), reusing the loaded model."""
+    also score `baseline_samples` with this RM (`baseline_proxy`), reusing the loaded model. `anchors`
+    (rendered prompt, completion): the capability anchors, scored with the same loaded policy."""
     tok = load_tokenizer(policy_dir, trust_remote_code)
     policy = load_policy(policy_dir, trust_remote_code)
     s = generate(policy_dir, prompts, samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -90,6 +131,8 @@ def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str | None, prompts: 
         "n_samples": len(samples),
         "empty_rate": float(np.mean([not c.strip() for c in s.completions])),
     }
+    if anchors is not None and len(anchors):
+        record.update(anchor_metrics(policy, tok, anchors["prompt"].tolist(), anchors["completion"].tolist()))
     if gold and baseline_samples is not None and len(baseline_samples) == len(samples):
         record["win_rate"] = win_rate(golds, baseline_samples["gold"].tolist())
     if rm_dir and rescore_baseline and baseline_samples is not None:

@@ -301,12 +301,15 @@ def user(judge_dir, tmp_path_factory):
     # the judge has something to tell apart.
     rows = [{"prompt": f"Tell me about {t}.", "completion": c.format(t=t)} for t in TOPICS for c in GOOD + BAD]
     files["sft"] = str(write_jsonl(d / "mixed_sft.jsonl", rows))
+    files["anchors"] = str(write_jsonl(d / "anchors.jsonl", [
+        {"messages": [{"role": "user", "content": f"Tell me about {t}."},
+                      {"role": "assistant", "content": GOOD[0].format(t=t)}]} for t in TOPICS[:4]]))
     return {**files, "model": make_user_model(d, user_texts(files)), "judge": judge_dir}
 
 
 def _loop_args(user, run_dir, *extra):
     return ["+experiment=quickstart", "task=files", f"task.prompts={user['prompts']}", f"task.sft={user['sft']}",
-            f"task.pairs={user['pairs']}", "model=local", f"model.path={user['model']}", *TINY_RUN,
+            f"task.pairs={user['pairs']}", f"task.anchors={user['anchors']}", "model=local", f"model.path={user['model']}", *TINY_RUN,
             "loop.iterations=1", "loop.eval_samples_per_prompt=4", "loop.completions_per_prompt=4", "loop.min_pairs=2",
             "stage.sft.max_steps=60", "stage.sft.learning_rate=0.01",
             f"run_dir={run_dir}", *extra]
@@ -326,6 +329,8 @@ def test_loop_with_the_judge_labelling_and_gating_a_users_run(user, tmp_path):
     assert len(pairs) and pairs["labeler"].str.startswith("judge:local:").all()
     ev = json.loads((run_dir / "iter_000" / "evaluate" / "eval.json").read_text())
     assert ev["judge_comparisons"] == it["judge_comparisons"] and "win_rate_lc" in ev
+    assert ev["n_anchors"] == 4 and ev["anchor_nll"] > 0, "the user's capability anchors are scored"
+    assert not any(c.startswith("capability_anchors") for c in it["skipped_checks"])
     assert (run_dir / "judge" / "verdicts.sqlite").is_file()
 
 
@@ -356,3 +361,49 @@ def test_bad_judge_settings_fail_at_start_naming_the_key(user, tmp_path, extra, 
     assert p.returncode == 2 and needle in p.stderr, p.stderr[-2000:]
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_anchor_metrics_see_what_a_model_learned_and_forgot(tmp_path):
+    """Real forward passes and greedy decoding: a model fine-tuned on three short references reproduces
+    them (NLL down, exact match up); the untrained model does not."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_ops.evaluation import anchor_metrics
+
+    files = make_user_files(tmp_path)
+    path = make_user_model(tmp_path, user_texts(files))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in ("What is 2 + 2?", "Capital of France?", "Say hi.")]
+    refs = ["4", "Paris.", "Hi!"]
+    before = anchor_metrics(model, tok, prompts, refs)
+    assert before["n_anchors"] == 3 and before["anchor_match"] == 0.0 and before["anchor_nll"] > 3
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    seqs = [tok(p + r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for p, r in zip(prompts, refs)]
+    for _ in range(60):
+        for s in seqs:
+            ids = torch.tensor([s])
+            loss = model(input_ids=ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    after = anchor_metrics(model.eval(), tok, prompts, refs)
+    assert after["anchor_nll"] < before["anchor_nll"] - 2 and after["anchor_match"] == 1.0, (before, after)
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+      {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Again"}]}],
+     "bad_anchors.jsonl: row 1: column 'messages' must end with an assistant message"),
+    ([{"prompt": "Hi", "reference": "Hello."}], "bad_anchors.jsonl"),
+])
+def test_a_bad_anchors_file_names_its_file_and_row_before_any_training(user, tmp_path, rows, needle):
+    bad = tmp_path / "bad_anchors.jsonl"
+    write_jsonl(bad, rows)
+    args = [a for a in _loop_args(user, tmp_path / "r", "loop.labeler=reward_model") if not a.startswith("task.anchors")]
+    p = run_cli(*args, f"task.anchors={bad}", timeout=120)
+    assert p.returncode != 0 and needle in p.stderr, p.stderr[-2000:]
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "r" / "setup" / "sft").exists(), "nothing was trained"

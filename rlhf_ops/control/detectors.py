@@ -27,7 +27,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = ["REMEDIES", "Verdict", "Detector", "NonFiniteMetrics", "ProxyUpGoldDown",
-           "DisagreementSpike", "KLBudget", "LengthDrift", "EntropyCollapse", "DETECTORS",
+           "DisagreementSpike", "KLBudget", "LengthDrift", "EntropyCollapse", "CapabilityAnchors", "DETECTORS",
            "default_detectors", "build_detectors", "run_detectors", "metric"]
 
 REMEDIES = ("raise_beta", "refresh_rm", "lower_lr", "none")
@@ -257,9 +257,44 @@ class EntropyCollapse(Detector):
         return self._fire(False, f"entropy {now:.4g} vs baseline {before}")
 
 
+@dataclass
+class CapabilityAnchors(Detector):
+    """The policy forgets what it could do: the capability anchors' per-token NLL rises by more than
+    `max_nll_increase` nats, or their greedy exact-match rate falls by more than `max_match_drop`, against
+    the initial (SFT) policy's record (against="initial", so slow creep adds up) or the last accepted one."""
+
+    name: ClassVar[str] = "capability_anchors"
+    max_nll_increase: float = 0.25
+    max_match_drop: float = 0.1
+    against: str = "initial"
+    remedy: str = field(default="raise_beta", kw_only=True)
+    LIMITS: ClassVar = {"max_nll_increase": (0.0, False), "max_match_drop": (0.0, False)}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.against not in ("initial", "last_good"):
+            raise ValueError(f"{self.name}.against must be 'initial' or 'last_good', got {self.against!r}")
+
+    def check(self, current: dict, baseline: dict, history: list[dict]) -> Verdict:
+        ref = history[0] if self.against == "initial" and history else baseline
+        cur, base, skip = self._need(current, ref, ("anchor_nll",), ("anchor_nll",))
+        if skip:
+            return self._skip(skip.reason.removeprefix("skipped: ") + " (no capability anchors: task.anchors)")
+        rise = cur["anchor_nll"] - base["anchor_nll"]
+        reasons = [f"anchor NLL {rise:+.3f} nats/token vs the {self.against} policy (fires above "
+                   f"+{self.max_nll_increase:.3g})"]
+        fired = rise > self.max_nll_increase
+        now, before = metric(current, "anchor_match"), metric(ref, "anchor_match")
+        if now is not None and before is not None and math.isfinite(now) and math.isfinite(before):
+            drop = before - now
+            fired |= drop > self.max_match_drop
+            reasons.append(f"exact match {before:.2f} -> {now:.2f} (fires on a drop above {self.max_match_drop:.2f})")
+        return self._fire(fired, "; ".join(reasons))
+
+
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls for cls in (NonFiniteMetrics, ProxyUpGoldDown, DisagreementSpike,
-                              KLBudget, LengthDrift, EntropyCollapse)
+                              KLBudget, LengthDrift, EntropyCollapse, CapabilityAnchors)
 }
 
 

@@ -64,6 +64,7 @@ def evaluate_into(ctx, policy: str, rm: str | None, *, baseline_samples: str | N
         fresh_pairs=pd.read_parquet(fresh_pairs) if fresh_pairs else None,
         progress=cfg.progress, trust_remote_code=cfg.model.trust_remote_code,
         gold=gold_by_prompt(make_task(cfg.task), table),
+        anchors=pd.read_parquet(ctx.state.data["anchors"]) if "anchors" in ctx.state.data else None,
     )
     if base is not None and rm and baseline_proxy is not None:
         record["baseline_proxy"] = float(baseline_proxy)

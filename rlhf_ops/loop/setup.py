@@ -53,7 +53,7 @@ def prepare(ctx) -> None:
               "prompts_gold_eval": render_column(td.eval_prompts, tok, wrap=wrap,
                                                  path=td.sources.get("eval_prompts", src))}
     for key, df, source in (("sft_demos", td.sft, "sft"), ("offline_pairs", td.pairs, "pairs"),
-                            ("heldout_pairs", td.heldout_pairs, "pairs")):
+                            ("heldout_pairs", td.heldout_pairs, "pairs"), ("anchors", td.anchors, "anchors")):
         if df is not None:
             tables[key] = render_column(df, tok, wrap=wrap, path=td.sources.get(source, source))
     s.data = {key: ctx.artifact("dataset", write_table(df, ctx.dir / f"{key}.parquet")) for key, df in tables.items()}

@@ -28,6 +28,8 @@ class TaskData:
     sft: Optional[pd.DataFrame] = None     # prompt, completion (None: the model is already fine-tuned)
     pairs: Optional[pd.DataFrame] = None   # prompt, chosen, rejected: seed pairs of the RM warm-up
     heldout_pairs: Optional[pd.DataFrame] = None  # prompt, chosen, rejected: RM accuracy (None: split)
+    # prompt, completion: capability anchors, references the policy must not forget (None: none)
+    anchors: Optional[pd.DataFrame] = None
     # Texts to train a tiny tokenizer on (model=tiny only).
     corpus: list[str] = field(default_factory=list)
     # Where each table came from, for messages ({"prompts": "data/p.jsonl", ...}).

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 class FilesTask:
     def __init__(self, name: str = "files", prompts: str = "", sft: Optional[str] = None, pairs: Optional[str] = None,
                  eval_prompts: Optional[str] = None, eval_fraction: float = 0.1, max_eval_prompts: int = 64,
-                 heldout_pair_fraction: float = 0.1, seed: int = 0):
+                 heldout_pair_fraction: float = 0.1, seed: int = 0, anchors: Optional[str] = None):
         self.name, self.seed = name, seed
-        self.paths = {"prompts": prompts, "sft": sft, "pairs": pairs, "eval_prompts": eval_prompts}
+        self.paths = {"prompts": prompts, "sft": sft, "pairs": pairs, "eval_prompts": eval_prompts, "anchors": anchors}
         self.eval_fraction, self.max_eval_prompts = eval_fraction, max_eval_prompts
         self.heldout_pair_fraction = heldout_pair_fraction
 
@@ -103,8 +103,9 @@ class FilesTask:
         for df, cols in ((sft, ("completion",)), (pairs, ("chosen", "rejected"))):
             if df is not None:
                 corpus += [source_key(p) + df[c].iloc[i] for i, p in enumerate(df["prompt"]) for c in cols]
+        anchors = self._read("anchors", normalize_sft)
         return TaskData(train_prompts=prompts, eval_prompts=eval_prompts, sft=sft, pairs=pairs,
-                        heldout_pairs=heldout, corpus=corpus,
+                        heldout_pairs=heldout, corpus=corpus, anchors=anchors,
                         sources={k: str(v) for k, v in self.paths.items() if v})
 
     @property

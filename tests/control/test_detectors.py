@@ -154,3 +154,24 @@ def test_build_detectors_from_list_and_mapping():
 def test_build_detectors_errors_name_the_problem(cfg, match):
     with pytest.raises(ValueError, match=match):
         build_detectors(cfg)
+
+
+def test_capability_anchors_against_the_initial_policy_and_the_last_good_one():
+    from rlhf_ops.control.detectors import CapabilityAnchors
+
+    initial = {**BASE, "anchor_nll": 1.0, "anchor_match": 0.8}
+    last_good = {**BASE, "anchor_nll": 1.2, "anchor_match": 0.8}
+    d = CapabilityAnchors(max_nll_increase=0.25, max_match_drop=0.1)
+    # +0.1 over the last good, +0.3 over the initial: creep that adds up fires against the initial policy.
+    v = d.check({**HEALTHY, "anchor_nll": 1.3, "anchor_match": 0.8}, last_good, [initial, last_good])
+    assert v.fired and "+0.300" in v.reason and v.remedy == "raise_beta"
+    v = CapabilityAnchors(against="last_good").check({**HEALTHY, "anchor_nll": 1.3, "anchor_match": 0.8}, last_good,
+                                                      [initial, last_good])
+    assert not v.fired
+    v = d.check({**HEALTHY, "anchor_nll": 1.05, "anchor_match": 0.6}, last_good, [initial, last_good])
+    assert v.fired and "exact match 0.80 -> 0.60" in v.reason
+    v = d.check(HEALTHY, BASE, [BASE])
+    assert v.skipped and "task.anchors" in v.reason
+    with pytest.raises(ValueError, match="against"):
+        CapabilityAnchors(against="sft")
+    assert build_detectors([{"name": "capability_anchors", "max_nll_increase": 0.5}])[-1].max_nll_increase == 0.5

@@ -47,12 +47,13 @@ class ReviewsTask:
 
     def __init__(self, name: str = "reviews", seed: int = 0, n_train_prompts: int = 600, n_eval_prompts: int = 64,
                  n_gold_eval_prompts: int = 64, sft_demos_per_prompt: int = 6, sft_min_gold: Optional[float] = None,
-                 n_offline_pairs: int = 600, annotator: str = "careful", tokenizer_corpus_size: int = 3000):
+                 n_offline_pairs: int = 600, annotator: str = "careful", tokenizer_corpus_size: int = 3000,
+                 n_anchors: int = 32):
         self.name, self.seed = name, seed
         self.n_train, self.n_eval, self.n_gold_eval = n_train_prompts, n_eval_prompts, n_gold_eval_prompts
         self.sft_demos_per_prompt, self.sft_min_gold = sft_demos_per_prompt, sft_min_gold
         self.n_offline_pairs, self.offline_annotator = n_offline_pairs, annotator
-        self.tokenizer_corpus_size = tokenizer_corpus_size
+        self.tokenizer_corpus_size, self.n_anchors = tokenizer_corpus_size, n_anchors
 
     def check(self) -> None:
         from .task import all_prompt_rows
@@ -62,6 +63,8 @@ class ReviewsTask:
         for key, n in (("n_train_prompts", self.n_train), ("n_gold_eval_prompts", self.n_gold_eval)):
             if n < 1:
                 raise ValueError(f"task.{key}={n} must be >= 1")
+        if self.n_anchors < 0:
+            raise ValueError(f"task.n_anchors={self.n_anchors} must be >= 0 (0 = no capability anchors)")
         total = self.n_train + self.n_eval + self.n_gold_eval
         if total > len(all_prompt_rows()):
             raise ValueError(f"task: {total} prompts asked for (n_train_prompts + n_eval_prompts + "
@@ -77,10 +80,14 @@ class ReviewsTask:
         demos = build_sft_demos(splits["train"], self.sft_demos_per_prompt, s, self.sft_min_gold)
         pairs = build_grammar_pairs(splits["train"], self.n_offline_pairs, annotator, s)
         heldout = build_grammar_pairs(splits["eval"], max(64, self.n_eval), annotator, s + 1) if splits["eval"] else None
+        # Capability anchors: well-formed reviews (the grammar's, gold >= 0.5) for held-out prompts, which no
+        # stage trains on; a policy that stops being able to write them has forgotten what SFT taught it.
+        anchors = build_sft_demos(splits["eval"][:self.n_anchors], 1, s + 2, 0.5) if self.n_anchors else None
         return TaskData(train_prompts=build_prompt_pool(splits["train"]),
                         eval_prompts=build_prompt_pool(splits["gold_eval"]),
                         sft=demos if len(demos) else None, pairs=pairs if len(pairs) else None,
-                        heldout_pairs=heldout, corpus=tokenizer_corpus(s, self.tokenizer_corpus_size),
+                        heldout_pairs=heldout, anchors=anchors if anchors is not None and len(anchors) else None,
+                        corpus=tokenizer_corpus(s, self.tokenizer_corpus_size),
                         sources={"prompts": "the review testbed"})
 
     @property
