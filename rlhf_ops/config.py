@@ -75,7 +75,11 @@ class KLEstimator(Choice):
 
 
 class GateOracle(Choice):
-    auto = "auto"; gold = "gold"; judge = "judge"; none = "none"  # noqa: E702
+    auto = "auto"; gold = "gold"; judge = "judge"; heldout_rm = "heldout_rm"; none = "none"  # noqa: E702
+
+
+class GateOutcome(Choice):
+    hard = "hard"; soft = "soft"  # noqa: E702
 
 
 class GateTest(Choice):
@@ -327,9 +331,13 @@ class JudgeConfig:
 class GateConfig:
     """The gate's head-to-head test of a candidate against the last good policy (loop.min_win_rate is its threshold)."""
 
-    # Who judges it: gold (the task's gold reward) | judge (loop.judge) | none | auto (judge when
-    # loop.judge is set, else gold when the task has it).
+    # Who judges it: gold (the task's gold reward) | judge (loop.judge) | heldout_rm (a reward model
+    # PPO never optimizes: gate.reward_model, or one trained at setup on gate.rm_share of the seed
+    # pairs, which the proxy RM then never sees) | none | auto (judge when loop.judge is set, else gold
+    # when the task has it).
     oracle: GateOracle = GateOracle.auto
+    reward_model: str = ""
+    rm_share: float = 0.5
     # sequential (an anytime-valid betting confidence sequence: stops as soon as it can tell) | fixed
     # (every comparison, then the point estimate).
     test: GateTest = GateTest.sequential
@@ -341,6 +349,9 @@ class GateConfig:
     min_comparisons: int = 16
     # Comparisons per judge batch (the sequential test looks after each).
     batch: int = 8
+    # What one comparison scores: hard (1 win, 0 loss, 0.5 tie: a win rate, as gold's) | soft (the
+    # judge's order-averaged probability, AlpacaEval-style; an unsure judge pulls every score to 0.5).
+    outcome: GateOutcome = GateOutcome.hard
     # Also reject a candidate whose length-controlled win rate is below the threshold while it is
     # longer than the last good policy (it wins by writing more).
     length_controlled: bool = True

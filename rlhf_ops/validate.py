@@ -356,6 +356,15 @@ def _validate_judge(cfg) -> None:
         if make_task(cfg.task).gold is None:
             raise ValueError(f"loop.gate.oracle=gold: task '{cfg.task.name}' has no gold reward; use "
                              "loop.gate.oracle=judge with loop.judge.model or loop.judge.url, or loop.gate.oracle=none")
+    _check(_finite(g.rm_share) and 0 < g.rm_share < 1, "loop.gate.rm_share", g.rm_share, "must be in (0, 1)")
+    if oracle == "heldout_rm":
+        if g.reward_model:
+            from .checkpoints import check_checkpoint_dir
+
+            check_checkpoint_dir(g.reward_model, "loop.gate.reward_model", tokenizer=True)
+        elif cfg.task.get("pairs", "given") is None or "rm_warmup" not in lp.setup:
+            raise ValueError("loop.gate.oracle=heldout_rm trains its reward model at setup (rm_warmup) on a share of the "
+                             "seed pairs, and this run has none; give task.pairs=FILE or loop.gate.reward_model=DIR")
     if not uses:
         return
     from .labelers.judge import HTTPJudge, check_local_judge, check_template

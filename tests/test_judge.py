@@ -241,7 +241,7 @@ def _gate(**kw):
     from types import SimpleNamespace
 
     return SimpleNamespace(**{"test": "sequential", "alpha": 0.05, "max_comparisons": 64, "min_comparisons": 16,
-                              "batch": 8, "length_controlled": True, **kw})
+                              "batch": 8, "length_controlled": True, "outcome": "soft", **kw})
 
 
 def test_head_to_head_stops_early_on_a_clear_loser_and_catches_a_win_by_length():
@@ -407,3 +407,46 @@ def test_a_bad_anchors_file_names_its_file_and_row_before_any_training(user, tmp
     assert p.returncode != 0 and needle in p.stderr, p.stderr[-2000:]
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "r" / "setup" / "sft").exists(), "nothing was trained"
+
+
+def test_heldout_rm_gate_on_the_testbed_trains_a_second_rm_on_disjoint_seed_pairs(tmp_path):
+    from conftest import TINY
+
+    run_dir = tmp_path / "run"
+    p = run_cli("+experiment=quickstart", *TINY, "loop.iterations=1", "loop.eval_samples_per_prompt=4",
+                "loop.gate.oracle=heldout_rm", "loop.gate.min_comparisons=8", f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    setup = run_dir / "setup" / "rm_warmup"
+    gate_pairs = pd.read_parquet(setup / "gate_rm_pairs.parquet")
+    proxy_pairs = pd.read_parquet(setup / "proxy_rm_pairs.parquet")
+    assert len(gate_pairs) == 32 and len(proxy_pairs) == 32  # task.n_offline_pairs=64, rm_share 0.5
+    assert not set(gate_pairs["chosen"] + gate_pairs["rejected"]) & set(proxy_pairs["chosen"] + proxy_pairs["rejected"])
+    assert (setup / "gate_rm").is_dir()
+    it = json.loads((run_dir / "summary.json").read_text())["iterations"][0]
+    ev = json.loads((run_dir / "iter_000" / "evaluate" / "eval.json").read_text())
+    assert it["h2h_decision"] in ("pass", "lost", "length") and "held-out RM" in " ".join(it["reasons"])
+    assert 0 <= ev["gold_win_rate"] <= 1, "the gold head-to-head stays on record beside the gate's"
+    assert ev["judge_comparisons"] >= 8 and ev["judge_calls"] == 2 * ev["judge_comparisons"]
+
+
+def test_heldout_rm_gate_without_seed_pairs_is_refused_at_start(user, tmp_path):
+    args = [a for a in _loop_args(user, tmp_path / "r", "loop.labeler=human", "loop.gate.oracle=heldout_rm")
+            if not a.startswith("task.pairs")]
+    p = run_cli(*args, timeout=120)
+    assert p.returncode == 2 and "loop.gate.oracle=heldout_rm" in p.stderr and "task.pairs" in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_hard_outcomes_count_a_consistent_small_preference_soft_ones_average_it():
+    from rlhf_ops.loop.judging import head_to_head
+
+    n = 64
+    base = _samples([f"b{i}" for i in range(n)], [10] * n)
+    cand = _samples([f"c{i}" for i in range(n)], [10] * n)
+    qs = [f"q{i}" for i in range(4)]
+    judge = _FixedJudge(lambda a, b: 0.45)  # always, slightly, for the last good policy
+    hard = head_to_head(judge, _gate(outcome="hard"), 0.4, cand, base, qs, seed=0)
+    soft = head_to_head(judge, _gate(outcome="soft"), 0.4, cand, base, qs, seed=0)
+    assert hard["h2h_decision"] == "lost" and hard["win_rate"] == 0.0 and hard["judge_comparisons"] < n
+    assert soft["h2h_decision"] == "pass" and soft["win_rate"] == pytest.approx(0.45)
+    assert hard["win_rate_soft"] == pytest.approx(0.45)

@@ -234,7 +234,7 @@ def evaluate(ctx) -> None:
     oracle = gate_oracle(ctx.cfg)
     if oracle != "gold" and "win_rate" in record:  # the gold head-to-head stays on record, for measuring the judge
         record["gold_win_rate"] = record.pop("win_rate")
-    if oracle == "judge" and ctx.cfg.loop.min_win_rate is not None and good.samples:
+    if oracle in ("judge", "heldout_rm") and ctx.cfg.loop.min_win_rate is not None and good.samples:
         record.update(judge_head_to_head(ctx, s.work.eval_samples, good.samples))
         write_json_atomic(ctx.dir / "eval.json", record)
     s.work.eval = record
@@ -261,7 +261,7 @@ def gate(ctx) -> None:
     if lp.min_win_rate is not None and current.get("win_rate") is None and not w.abandoned:
         oracle = gate_oracle(cfg)
         skipped.append("head-to-head (loop.gate.oracle=none)" if oracle == "none" else
-                       current.get("h2h_reason", "head-to-head") if oracle == "judge" else
+                       current.get("h2h_reason", "head-to-head") if oracle in ("judge", "heldout_rm") else
                        "head-to-head (no win rate: the task has no gold to judge it; set loop.judge.model or "
                        "loop.judge.url for an LLM judge)")
     previous = s.iterations_log[-1].get("skipped_checks") if s.iterations_log else None

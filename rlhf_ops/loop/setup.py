@@ -16,6 +16,7 @@ from ..models import (build_tiny_policy, build_tiny_reward, check_checkpoint_dir
                       load_tokenizer, needs_distinct_pad, save_model, train_tokenizer)
 from ..tasks import make_task
 from .common import evaluate_into, rm_policy_kwargs, scalars, train_stage
+from .judging import gate_oracle
 from .state import LastGood
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,26 @@ def rm_warmup(ctx) -> None:
         s.rm = None
         ctx.metrics["skipped"] = 1.0
         return
-    out = ctx.dir / "rm"
-    meta = train_stage(ctx, "reward", inputs={"reward_model": s.init_rm or s.sft_policy, "data": s.data["offline_pairs"]},
+    out, data = ctx.dir / "rm", s.data["offline_pairs"]
+    g = ctx.cfg.loop.gate
+    if gate_oracle(ctx.cfg) == "heldout_rm" and not g.reward_model:
+        # The gate's RM and the proxy RM learn from disjoint seed pairs, so the policy cannot have
+        # learned the gate RM's quirks by optimizing the proxy's.
+        import numpy as np
+        import pandas as pd
+
+        pairs = pd.read_parquet(data)
+        idx = np.random.default_rng(ctx.cfg.seed + 17).permutation(len(pairs))
+        n_gate = int(round(len(pairs) * g.rm_share))
+        gate_data = write_table(pairs.iloc[np.sort(idx[:n_gate])].reset_index(drop=True), ctx.dir / "gate_rm_pairs.parquet")
+        data = str(write_table(pairs.iloc[np.sort(idx[n_gate:])].reset_index(drop=True), ctx.dir / "proxy_rm_pairs.parquet"))
+        train_stage(ctx, "reward", inputs={"reward_model": s.init_rm or s.sft_policy, "data": str(gate_data)},
+                    output=ctx.dir / "gate_rm", extra={"heldout": s.data.get("heldout_pairs")})
+        s.gate_rm = ctx.artifact("reward_model", ctx.dir / "gate_rm")
+        ctx.metrics.update({"gate_rm_pairs": n_gate, "proxy_rm_pairs": len(pairs) - n_gate})
+    elif gate_oracle(ctx.cfg) == "heldout_rm":
+        s.gate_rm = g.reward_model
+    meta = train_stage(ctx, "reward", inputs={"reward_model": s.init_rm or s.sft_policy, "data": data},
                        output=out, extra={"heldout": s.data.get("heldout_pairs")})
     s.rm = ctx.artifact("reward_model", out)
     _record_stage(ctx, meta)

@@ -51,6 +51,7 @@ class LoopState:
     data: dict[str, str] = field(default_factory=dict)   # table name -> path (setup/prepare/*.parquet)
     init_policy: str = ""
     init_rm: Optional[str] = None
+    gate_rm: Optional[str] = None   # loop.gate.oracle=heldout_rm: the reward model the gate judges with
     sft_policy: str = ""
     ref: str = ""
     baseline_eval: Optional[dict] = None
