@@ -352,6 +352,9 @@ class GateConfig:
     # What one comparison scores: hard (1 win, 0 loss, 0.5 tie: a win rate, as gold's) | soft (the
     # judge's order-averaged probability, AlpacaEval-style; an unsure judge pulls every score to 0.5).
     outcome: GateOutcome = GateOutcome.hard
+    # A judge that calls more than this share of comparisons a tie (a judge that only picks a position, as
+    # SmolLM2-135M does) tells nothing: the head-to-head is reported as skipped, never passed quietly.
+    max_tie_rate: float = 0.8
     # Also reject a candidate whose length-controlled win rate is below the threshold while it is
     # longer than the last good policy (it wins by writing more).
     length_controlled: bool = True

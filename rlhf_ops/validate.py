@@ -336,6 +336,8 @@ def _validate_judge(cfg) -> None:
     _check(g.max_comparisons >= g.min_comparisons, "loop.gate.max_comparisons", g.max_comparisons,
            f"must be >= loop.gate.min_comparisons ({g.min_comparisons})")
     _check(g.batch >= 1, "loop.gate.batch", g.batch, "must be >= 1")
+    _check(_finite(g.max_tie_rate) and 0 <= g.max_tie_rate <= 1, "loop.gate.max_tie_rate", g.max_tie_rate,
+           "must be in [0, 1]")
     _check(_finite(j.tie_margin) and 0 <= j.tie_margin < 0.5, "loop.judge.tie_margin", j.tie_margin, "must be in [0, 0.5)")
     _check(j.batch_size >= 1, "loop.judge.batch_size", j.batch_size, "must be >= 1")
     _check(_finite(j.timeout_s) and j.timeout_s > 0, "loop.judge.timeout_s", j.timeout_s, "must be > 0 (seconds)")

@@ -6,6 +6,7 @@ sequence, length-controlled win rate)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 import signal
 import subprocess
@@ -241,7 +242,8 @@ def _gate(**kw):
     from types import SimpleNamespace
 
     return SimpleNamespace(**{"test": "sequential", "alpha": 0.05, "max_comparisons": 64, "min_comparisons": 16,
-                              "batch": 8, "length_controlled": True, "outcome": "soft", **kw})
+                              "batch": 8, "length_controlled": True, "outcome": "soft",
+                              "max_tie_rate": 0.8, **kw})
 
 
 def test_head_to_head_stops_early_on_a_clear_loser_and_catches_a_win_by_length():
@@ -450,3 +452,41 @@ def test_hard_outcomes_count_a_consistent_small_preference_soft_ones_average_it(
     assert hard["h2h_decision"] == "lost" and hard["win_rate"] == 0.0 and hard["judge_comparisons"] < n
     assert soft["h2h_decision"] == "pass" and soft["win_rate"] == pytest.approx(0.45)
     assert hard["win_rate_soft"] == pytest.approx(0.45)
+
+
+def test_judge_train_fine_tunes_a_users_model_into_a_judge_the_loop_can_read(tmp_path):
+    import sys
+
+    from conftest import REPO
+
+    files = make_user_files(tmp_path, n_prompts=48)
+    base = make_user_model(tmp_path, user_texts(files), hidden=64, max_positions=512, name="base")
+    before = {p.name: p.read_bytes() for p in Path(base).iterdir()}
+    cmd = [sys.executable, "-m", "rlhf_ops.judge_train", "--pairs", files["pairs"], "--init", base, "--max-steps", "150",
+           "--learning-rate", "3e-3", "--heldout", "0.2", "--rubric", JUDGE_RUBRIC]
+    p = subprocess.run([*cmd, "--out", str(tmp_path / "judge")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads((tmp_path / "judge" / "judge_eval.json").read_text())
+    assert result["heldout_pairs"] == 19 and result["accuracy"] >= 0.9, result  # measured 1.0
+    assert {p.name: p.read_bytes() for p in Path(base).iterdir()} == before, "the init model is never written"
+    judge = Judge(LocalJudge(str(tmp_path / "judge")), rubric=JUDGE_RUBRIC)
+    assert np.mean([v.p_a > 0.5 for v in judge.compare(_items(10))]) >= 0.9
+    p = subprocess.run([*cmd, "--out", str(tmp_path / "judge")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "already exists" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_judge_that_only_picks_a_position_skips_the_head_to_head_out_loud():
+    from rlhf_ops.labelers.judge import Comparison, combine
+    from rlhf_ops.loop.judging import head_to_head
+
+    class FirstSlot(_FixedJudge):  # SmolLM2-135M on the testbed: P(first) ~ 0.9 whatever the answers
+        def compare(self, items):
+            self.calls += 2 * len(items)
+            return [combine(0.9, 0.9, 0.05) for _ in items]
+
+    n = 32
+    base, cand = _samples([f"b{i}" for i in range(n)], [10] * n), _samples([f"c{i}" for i in range(n)], [10] * n)
+    out = head_to_head(FirstSlot(None), _gate(outcome="hard"), 0.4, cand, base, [f"q{i}" for i in range(4)], seed=0)
+    assert out["h2h_decision"] == "skipped" and "100% of 32 comparisons a tie" in out["h2h_reason"]
+    assert "position bias +0.40" in out["h2h_reason"] and out["judge_comparisons"] == n
+    assert isinstance(combine(0.9, 0.9, 0.05), Comparison)

@@ -258,7 +258,9 @@ def gate(ctx) -> None:
                      vote=_vote(lp.gate_vote))
         decision = gate_.decide(current, baseline, s.history)
     skipped = [f"{v.name} ({v.reason})" for v in decision.verdicts if v.skipped]
-    if lp.min_win_rate is not None and current.get("win_rate") is None and not w.abandoned:
+    if lp.min_win_rate is not None and current.get("h2h_decision") == "skipped" and not w.abandoned:
+        skipped.append(current["h2h_reason"])
+    elif lp.min_win_rate is not None and current.get("win_rate") is None and not w.abandoned:
         oracle = gate_oracle(cfg)
         skipped.append("head-to-head (loop.gate.oracle=none)" if oracle == "none" else
                        current.get("h2h_reason", "head-to-head") if oracle in ("judge", "heldout_rm") else

@@ -74,7 +74,7 @@ def head_to_head(judge, gate_cfg, threshold: float, cand: pd.DataFrame, base: pd
             bias.append(v.position_bias)
             dlen.append(float(cand["words"].iloc[i]) - float(base["words"].iloc[i]))
             cs.update(x)
-        if gate_cfg.test == "sequential" and len(p) >= gate_cfg.min_comparisons:
+        if gate_cfg.test == "sequential" and len(p) >= gate_cfg.min_comparisons and ties / len(p) <= gate_cfg.max_tie_rate:
             decision = sequential_decision(cs, threshold)
             if decision:
                 break
@@ -101,6 +101,12 @@ def head_to_head(judge, gate_cfg, threshold: float, cand: pd.DataFrame, base: pd
                    h2h_reason=f"{'lost head-to-head' if lost else 'head-to-head'} ({who}): win rate {wr:.3f} "
                    f"{'<' if lost else '>='} {threshold:.3g} over {n} comparisons, confidence sequence {ci} ({basis}: "
                    "the point estimate decides)")
+    if out["judge_tie_rate"] > gate_cfg.max_tie_rate:
+        out.update(h2h_decision="skipped", h2h_reason=(
+            f"head-to-head skipped: the {who} called {out['judge_tie_rate']:.0%} of {n} comparisons a tie (more than "
+            f"loop.gate.max_tie_rate={gate_cfg.max_tie_rate:g}; position bias {out['judge_position_bias']:+.2f}): it "
+            "cannot tell the two policies apart"))
+        return out
     if (gate_cfg.length_controlled and out["h2h_decision"] == "pass" and np.isfinite(lc) and lc < threshold
             and out["length_delta"] > 0):
         out.update(h2h_decision="length", h2h_reason=(
