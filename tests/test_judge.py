@@ -334,6 +334,13 @@ def test_loop_with_the_judge_labelling_and_gating_a_users_run(user, tmp_path):
     assert ev["n_anchors"] == 4 and ev["anchor_nll"] > 0, "the user's capability anchors are scored"
     assert not any(c.startswith("capability_anchors") for c in it["skipped_checks"])
     assert (run_dir / "judge" / "verdicts.sqlite").is_file()
+    # The same command with one more iteration resumes the run (the verdict cache beside the ledger is ours).
+    p = run_cli(*_loop_args(user, run_dir, "loop.labeler=judge", f"loop.judge.model={user['judge']}",
+                            f"loop.judge.rubric={JUDGE_RUBRIC}", "loop.gate.min_comparisons=4", "loop.gate.batch=4",
+                            "loop.iterations=2", "allow_config_change=true"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert [i["iteration"] for i in s["iterations"]] == [0, 1] and s["iterations"][0] == it
 
 
 @pytest.mark.parametrize("extra, needle", [

@@ -60,7 +60,7 @@ def head_to_head(judge, gate_cfg, threshold: float, cand: pd.DataFrame, base: pd
     order = np.random.default_rng(seed).permutation(len(cand))[:gate_cfg.max_comparisons]
     cs = BettingCS(alpha=gate_cfg.alpha)
     calls0, cached0 = judge.calls, judge.cached
-    p, soft, dlen, ties, bias, decision = [], [], [], 0, [], None
+    p, soft, dlen, ties, identical, bias, decision = [], [], [], 0, 0, [], None
     for start in range(0, len(order), gate_cfg.batch):
         rows = order[start:start + gate_cfg.batch]
         items = [(qs[int(cand["prompt_index"].iloc[i])], str(cand["completion"].iloc[i]), str(base["completion"].iloc[i]))
@@ -70,11 +70,14 @@ def head_to_head(judge, gate_cfg, threshold: float, cand: pd.DataFrame, base: pd
             x = 0.5 if same else (v.p_a if gate_cfg.outcome == "soft" else v.outcome)  # the same text cannot win
             p.append(x)
             soft.append(0.5 if same else v.p_a)
-            ties += int(same or v.tie)
+            ties += int(v.tie and not same)  # the judge's ties; an identical pair is no verdict of the judge's
+            identical += int(same)
             bias.append(v.position_bias)
             dlen.append(float(cand["words"].iloc[i]) - float(base["words"].iloc[i]))
             cs.update(x)
-        if gate_cfg.test == "sequential" and len(p) >= gate_cfg.min_comparisons and ties / len(p) <= gate_cfg.max_tie_rate:
+        judged = len(p) - identical
+        if (gate_cfg.test == "sequential" and len(p) >= gate_cfg.min_comparisons
+                and ties <= gate_cfg.max_tie_rate * judged):
             decision = sequential_decision(cs, threshold)
             if decision:
                 break
@@ -84,7 +87,7 @@ def head_to_head(judge, gate_cfg, threshold: float, cand: pd.DataFrame, base: pd
     out = {"win_rate": wr, "win_rate_lo": cs.lo, "win_rate_hi": cs.hi, "win_rate_lc": lc, "judge_length_slope": slope,
            "win_rate_soft": float(np.mean(soft)),
            "judge_comparisons": n, "judge_calls": judge.calls - calls0, "judge_cached": judge.cached - cached0,
-           "judge_tie_rate": ties / n, "judge_position_bias": float(np.mean(bias)),
+           "judge_tie_rate": ties / (n - identical) if n > identical else 0.0, "identical_pairs": identical, "judge_position_bias": float(np.mean(bias)),
            "length_delta": float(np.mean(dlen))}
     ci = f"[{cs.lo:.3f}, {cs.hi:.3f}]"
     who = "held-out RM" if str(getattr(judge, "id", "")).startswith("rm:") else "judge"
