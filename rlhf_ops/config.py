@@ -394,6 +394,11 @@ class LoopConfig:
     rm_update_every: Optional[int] = 1
     rm_update_kl_threshold: Optional[float] = None
     rm_freeze: list[list[int]] = field(default_factory=list)
+    # Adversarial refresh: refresh the RM (whatever its schedule, outside a freeze window) when it ranks more
+    # than this share of the iteration's fresh labels (the judge's, a person's) the other way (null = off);
+    # the pairs it got wrong appear rm_hard_pair_repeat times in the refresh's training mix.
+    rm_update_disagreement: Optional[float] = None
+    rm_hard_pair_repeat: int = 1
     # Share of replayed old pairs in each RM update's training mix.
     rm_replay_ratio: float = 0.5
     # Share of the fresh pairs held out to validate an RM update (old vs new accuracy).

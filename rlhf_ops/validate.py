@@ -127,6 +127,13 @@ def _loop_ranges(cfg) -> None:
         _check(_finite(lp[key]) and lp[key] >= 1, f"loop.{key}", lp[key], "must be >= 1 (it raises beta)")
     _check(_finite(lp.lr_remedy_factor) and 0 < lp.lr_remedy_factor <= 1, "loop.lr_remedy_factor",
            lp.lr_remedy_factor, "must be in (0, 1] (it lowers the learning rate)")
+    if lp.rm_update_disagreement is not None:
+        _check(_finite(lp.rm_update_disagreement) and 0 <= lp.rm_update_disagreement < 1, "loop.rm_update_disagreement",
+               lp.rm_update_disagreement, "must be in [0, 1) or null")
+        if lp.labeler == "reward_model":
+            raise ValueError("loop.rm_update_disagreement: with loop.labeler=reward_model the fresh labels are the RM's "
+                             "own rankings, so it never disagrees with them; use it with the judge, a person or an annotator")
+    _check(lp.rm_hard_pair_repeat >= 1, "loop.rm_hard_pair_repeat", lp.rm_hard_pair_repeat, "must be >= 1 (1 = no repeat)")
     _check(0 < lp.rm_heldout_fraction < 1, "loop.rm_heldout_fraction", lp.rm_heldout_fraction, "must be in (0, 1)")
     if lp.max_rollbacks is not None:
         _check(lp.max_rollbacks >= 1, "loop.max_rollbacks", lp.max_rollbacks, "must be >= 1 or null")

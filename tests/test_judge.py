@@ -497,3 +497,22 @@ def test_a_judge_that_only_picks_a_position_skips_the_head_to_head_out_loud():
     assert out["h2h_decision"] == "skipped" and "100% of 32 comparisons a tie" in out["h2h_reason"]
     assert "position bias +0.40" in out["h2h_reason"] and out["judge_comparisons"] == n
     assert isinstance(combine(0.9, 0.9, 0.05), Comparison)
+
+
+def test_adversarial_refresh_fires_on_disagreement_and_repeats_the_pairs_the_rm_got_wrong(tmp_path):
+    from conftest import TINY
+
+    run_dir = tmp_path / "run"
+    p = run_cli("+experiment=quickstart", *TINY, "loop.iterations=1", "loop.rm_update_every=null",
+                "loop.rm_update_disagreement=0.0", "loop.rm_hard_pair_repeat=3", f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    it = json.loads((run_dir / "summary.json").read_text())["iterations"][0]
+    assert it["rm_update"].startswith("adversarial: the RM ranks"), it["rm_update"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    m = next(r for r in rows if r.get("node") == "rm_update")
+    assert 0 < m["rm_fresh_disagreement"] <= 1 and m["rm_hard_pairs"] >= 1 and m["rm_updated"] == 1.0, m
+    mix = pd.read_parquet(run_dir / "iter_000" / "rm_update" / "train_mix.parquet")
+    assert mix["pair_id"].value_counts().max() == 3, "each pair the old RM got wrong is in the mix three times"
+    p = run_cli("+experiment=quickstart", *TINY, "loop.labeler=reward_model", "loop.rm_update_disagreement=0.2",
+                f"run_dir={tmp_path / 'r2'}", timeout=120)
+    assert p.returncode == 2 and "never disagrees" in p.stderr

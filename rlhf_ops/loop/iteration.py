@@ -129,10 +129,22 @@ def rm_update(ctx) -> None:
     policy = RMUpdatePolicy.from_state_dict(s.rm_policy_state)
     kl_now = float(s.history[-1].get("kl", 0.0))
     first = s.rm is None  # no warm-up: the first labels train the first reward model
-    due, reason = policy.should_update(ctx.iteration, policy.kl_since_last(kl_now), forced=s.force_rm_refresh or first)
+    fresh = pd.read_parquet(s.work.pairs)
+    wrong = np.zeros(len(fresh), dtype=bool)  # fresh pairs the current RM ranks the other way
+    disagree = None
+    if lp.rm_update_disagreement is not None and not first and len(fresh) and lp.labeler != "reward_model":
+        model, tok = load_scorer(s.rm, cfg.model.trust_remote_code)
+        wrong = ~pair_correct(model, tok, fresh["prompt"], fresh["chosen"], fresh["rejected"])
+        del model
+        disagree = float(wrong.mean())
+        ctx.metrics["rm_fresh_disagreement"] = disagree
+    forced = s.force_rm_refresh or first or (disagree is not None and disagree > lp.rm_update_disagreement)
+    due, reason = policy.should_update(ctx.iteration, policy.kl_since_last(kl_now), forced=forced)
     if first:
         reason = "first reward model (no warm-up)"
-    fresh = pd.read_parquet(s.work.pairs)
+    elif due and disagree is not None and disagree > lp.rm_update_disagreement and not s.force_rm_refresh:
+        reason = (f"adversarial: the RM ranks {disagree:.0%} of the fresh {lp.labeler} labels the other way "
+                  f"(> loop.rm_update_disagreement={lp.rm_update_disagreement:g})")
     if not due or len(fresh) < 4:
         s.work.rm_update_reason = reason if not due else f"due ({reason}) but too few fresh pairs ({len(fresh)})"
         ctx.metrics["rm_updated"] = 0.0
@@ -147,6 +159,10 @@ def rm_update(ctx) -> None:
         idx = rng.permutation(len(fresh))
         n_val = max(2, int(round(len(fresh) * lp.rm_heldout_fraction)))
         val, train = fresh.iloc[idx[:n_val]], fresh.iloc[idx[n_val:]]
+        hard = train[wrong[idx[n_val:]]]
+        if lp.rm_hard_pair_repeat > 1 and len(hard):  # the pairs the old RM got wrong, seen more often
+            train = pd.concat([train] + [hard] * (lp.rm_hard_pair_repeat - 1))
+            ctx.metrics["rm_hard_pairs"] = len(hard)
     store = pd.read_parquet(ctx.run_dir / STORE)
     old = store[~store["pair_id"].isin(fresh["pair_id"])]
     ratio = lp.rm_replay_ratio
