@@ -399,6 +399,10 @@ class LoopConfig:
     # the pairs it got wrong appear rm_hard_pair_repeat times in the refresh's training mix.
     rm_update_disagreement: Optional[float] = None
     rm_hard_pair_repeat: int = 1
+    # Adversarial pairs: when the gate rejects a candidate, its evaluation samples are labelled (by
+    # loop.labeler) against the last good policy's, and the next RM refresh trains on them this many
+    # times over (source "adversarial" in the pairs' provenance); 0 = off.
+    rm_adversarial_repeat: int = 0
     # Share of replayed old pairs in each RM update's training mix.
     rm_replay_ratio: float = 0.5
     # Share of the fresh pairs held out to validate an RM update (old vs new accuracy).

@@ -133,6 +133,12 @@ def _loop_ranges(cfg) -> None:
         if lp.labeler == "reward_model":
             raise ValueError("loop.rm_update_disagreement: with loop.labeler=reward_model the fresh labels are the RM's "
                              "own rankings, so it never disagrees with them; use it with the judge, a person or an annotator")
+    _check(lp.rm_adversarial_repeat >= 0, "loop.rm_adversarial_repeat", lp.rm_adversarial_repeat, "must be >= 0 (0 = off)")
+    if lp.rm_adversarial_repeat > 0 and lp.labeler in ("reward_model", "human"):
+        raise ValueError(f"loop.rm_adversarial_repeat={lp.rm_adversarial_repeat}: a rejected candidate's samples are "
+                         f"labelled by loop.labeler, and {lp.labeler} cannot: "
+                         + ("the RM that was fooled would label what fooled it" if lp.labeler == "reward_model" else
+                            "the gate does not pause for a person") + "; use the judge or an annotator")
     _check(lp.rm_hard_pair_repeat >= 1, "loop.rm_hard_pair_repeat", lp.rm_hard_pair_repeat, "must be >= 1 (1 = no repeat)")
     _check(0 < lp.rm_heldout_fraction < 1, "loop.rm_heldout_fraction", lp.rm_heldout_fraction, "must be in (0, 1)")
     if lp.max_rollbacks is not None:

@@ -516,3 +516,30 @@ def test_adversarial_refresh_fires_on_disagreement_and_repeats_the_pairs_the_rm_
     p = run_cli("+experiment=quickstart", *TINY, "loop.labeler=reward_model", "loop.rm_update_disagreement=0.2",
                 f"run_dir={tmp_path / 'r2'}", timeout=120)
     assert p.returncode == 2 and "never disagrees" in p.stderr
+
+
+def test_a_rejected_candidates_samples_train_the_next_rm_refresh(tmp_path):
+    """A candidate the gate rejects (here: any KL at all is over budget) leaves its evaluation samples,
+    labelled by the annotator against the last good policy's, for the next RM refresh."""
+    from conftest import TINY
+
+    run_dir = tmp_path / "run"
+    p = run_cli("+experiment=quickstart", *TINY, "loop.iterations=2", "loop.eval_samples_per_prompt=2",
+                "loop.rm_adversarial_repeat=2", "loop.detectors=[{name:kl_budget,max_kl:0.0000001}]", "stage.ppo.learning_rate=0.003",
+                "loop.min_win_rate=null", "loop.max_rollbacks=null", f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    its = json.loads((run_dir / "summary.json").read_text())["iterations"]
+    assert its[0]["status"] == "rolled_back" and its[0]["adversarial_pairs"] > 0, its[0]
+    assert "refresh_rm" in its[0]["remedies"]
+    adv = pd.read_parquet(run_dir / "iter_000" / "gate" / "adversarial_pairs.parquet")
+    assert (adv["source"] == "adversarial").all() and adv["pair_id"].str.startswith("adv-").all()
+    assert adv["policy_checkpoint"].str.endswith("iter_000/policy_update/policy").all()
+    mix = pd.read_parquet(run_dir / "iter_001" / "rm_update" / "train_mix.parquet")
+    counts = mix[mix["source"] == "adversarial"]["pair_id"].value_counts()
+    assert set(counts.index) == set(adv["pair_id"]) and (counts == 2).all()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    m = [r for r in rows if r.get("node") == "rm_update" and r.get("iteration") == 1][-1]
+    assert 0 <= m["rm_adversarial_accuracy_before"] <= 1 and 0 <= m["rm_adversarial_accuracy_after"] <= 1
+    p = run_cli("+experiment=quickstart", *TINY, "loop.labeler=reward_model", "loop.rm_adversarial_repeat=1",
+                f"run_dir={tmp_path / 'r2'}", timeout=120)
+    assert p.returncode == 2 and "loop.rm_adversarial_repeat=1" in p.stderr

@@ -67,6 +67,39 @@ def collect(ctx) -> None:
                         "mean_tokens": float(df["n_tokens"].mean())})
 
 
+def loop_labeler(ctx, table_key: str):
+    """loop.labeler, built for this step (the judge is shown the requests of `table_key`'s prompts)."""
+    cfg, s, lp = ctx.cfg, ctx.state, ctx.cfg.loop
+    if lp.labeler == "judge":
+        from .judging import loop_judge, questions
+
+        table = pd.read_parquet(s.data[table_key])
+        return JudgeLabeler(loop_judge(ctx), dict(zip(table["prompt"], questions(table))))
+    return make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
+                        reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def adversarial_pairs(ctx, candidate_samples: str, good_samples: str):
+    """The rejected candidate's evaluation samples against the last good policy's, per prompt and slot,
+    labelled by loop.labeler: what fooled the RM, for its next refresh."""
+    cand, base = pd.read_parquet(candidate_samples), pd.read_parquet(good_samples)
+    if len(cand) != len(base) or not (cand["prompt"].to_numpy() == base["prompt"].to_numpy()).all():
+        return None
+    table = pd.read_parquet(ctx.state.data["prompts_gold_eval"])
+    rows, cands = [], []
+    for k, (i, c, b) in enumerate(zip(cand["prompt_index"], cand["completion"], base["completion"])):
+        if c != b and c.strip() and b.strip():
+            rows.append({"prompt": table["prompt"].iloc[int(i)], "prompt_id": f"{table['prompt_id'].iloc[int(i)]}#{k}"})
+            cands.append([c, b])
+    if not rows:
+        return None
+    pairs = loop_labeler(ctx, "prompts_gold_eval").label(rows, cands, iteration=ctx.iteration,
+                                                         checkpoint=ctx.state.work.candidate or "",
+                                                         work_dir=ctx.dir / "adversarial_queue")
+    pairs = with_gold(pairs, task_gold(ctx))
+    return pairs.assign(source="adversarial", pair_id=["adv-" + p for p in pairs["pair_id"]])
+
+
 def label(ctx) -> None:
     """The labeler turns the completions into preference pairs; they join the run's pair store."""
     cfg, s = ctx.cfg, ctx.state
@@ -77,14 +110,7 @@ def label(ctx) -> None:
     for pid, group in df.groupby("prompt_id", sort=False):
         prompt_rows.append({"prompt": group["prompt"].iloc[0], "prompt_id": pid})
         candidates.append(group["completion"].tolist())
-    if lp.labeler == "judge":
-        from .judging import loop_judge, questions
-
-        table = pd.read_parquet(s.data["prompts_train"])
-        labeler = JudgeLabeler(loop_judge(ctx), dict(zip(table["prompt"], questions(table))))
-    else:
-        labeler = make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
-                               reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
+    labeler = loop_labeler(ctx, "prompts_train")
     if lp.labeler == "human":
         labeler.on_error, labeler.partial = lp.human_labels_on_error, lp.human_labels_partial
         if lp.human_labels_partial == "fallback" and s.rm:
@@ -163,6 +189,14 @@ def rm_update(ctx) -> None:
         if lp.rm_hard_pair_repeat > 1 and len(hard):  # the pairs the old RM got wrong, seen more often
             train = pd.concat([train] + [hard] * (lp.rm_hard_pair_repeat - 1))
             ctx.metrics["rm_hard_pairs"] = len(hard)
+    adv = pd.read_parquet(s.adversarial_pairs) if s.adversarial_pairs else None
+    if adv is not None and len(adv):  # what fooled the last RM, seen rm_adversarial_repeat times
+        model, tok = load_scorer(s.rm, cfg.model.trust_remote_code)
+        ctx.metrics["rm_adversarial_accuracy_before"] = float(np.mean(pair_correct(
+            model, tok, adv["prompt"], adv["chosen"], adv["rejected"])))
+        del model
+        train = pd.concat([train] + [adv] * lp.rm_adversarial_repeat)
+        ctx.metrics["rm_adversarial_pairs"] = len(adv)
     store = pd.read_parquet(ctx.run_dir / STORE)
     old = store[~store["pair_id"].isin(fresh["pair_id"])]
     ratio = lp.rm_replay_ratio
@@ -194,6 +228,12 @@ def rm_update(ctx) -> None:
                   else judged(s.rm))
         old_acc, se = float(np.mean(old_ok)), paired_accuracy_se(old_ok, new_ok)
         keep_new, why = accept_new_rm(old_acc, new_acc, lp.rm_accuracy_tolerance, se, lp.rm_accuracy_z)
+    if adv is not None and len(adv):
+        model, tok = load_scorer(str(out), cfg.model.trust_remote_code)
+        ctx.metrics["rm_adversarial_accuracy_after"] = float(np.mean(pair_correct(
+            model, tok, adv["prompt"], adv["chosen"], adv["rejected"])))
+        del model
+    s.adversarial_pairs = ""
     policy.mark_updated(ctx.iteration, kl_now)
     s.rm = ctx.artifact("reward_model", out) if keep_new else s.rm
     s.rm_policy_state, s.force_rm_refresh = policy.state_dict(), False
@@ -313,6 +353,13 @@ def gate(ctx) -> None:
             kl.load_state_dict(floor)
             applied = sorted(set(applied) | {"raise_beta"})
         s.kl_state, s.force_rm_refresh, s.n_rollbacks = kl.state_dict(), force_rm, s.n_rollbacks + 1
+        if lp.rm_adversarial_repeat > 0 and not w.abandoned and w.eval_samples and last_good.samples:
+            adv = adversarial_pairs(ctx, w.eval_samples, last_good.samples)
+            if adv is not None and len(adv):
+                s.adversarial_pairs = str(write_table(adv, ctx.dir / "adversarial_pairs.parquet"))
+                s.force_rm_refresh = True  # the RM was fooled: refresh it on what fooled it
+                entry["adversarial_pairs"] = len(adv)
+                applied = sorted(set(applied) | {"refresh_rm"})
         fired = [v.name for v in decision.fired] or ["head_to_head"]
         entry.update(status="rolled_back", reasons=decision.reasons, remedies=applied,
                      restored_iteration=last_good.iteration)

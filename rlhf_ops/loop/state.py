@@ -65,6 +65,7 @@ class LoopState:
     rm_policy_state: dict = field(default_factory=dict)
     lr_scale: float = 1.0
     force_rm_refresh: bool = False
+    adversarial_pairs: str = ""   # a rejected candidate's labelled samples, for the next RM refresh
     last_good: Optional[LastGood] = None
     history: list[dict] = field(default_factory=list)         # accepted evaluations, the baseline first
     iterations_log: list[dict] = field(default_factory=list)  # one entry per gated iteration
