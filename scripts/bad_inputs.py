@@ -341,7 +341,7 @@ def config_cases(a: dict, d: Path):
     yield case("entropy ratio above 1", "loop.detectors=[{name:entropy_collapse,min_ratio:1.5}]")
     yield case("unknown remedy", "loop.detectors=[{name:kl_budget,max_kl:5,remedy:raise_bta}]")
     yield case("detector listed twice", "loop.detectors=[{name:kl_budget,max_kl:5},{name:kl_budget,max_kl:9}]")
-    yield case("vote larger than the detectors", "loop.gate_vote=9")
+    yield case("vote larger than the detectors", "loop.gate_vote=10")
     yield case("judge labeler without a judge", "loop.labeler=judge")
     yield case("judge url without http://", "loop.labeler=judge", "loop.judge.url=localhost:8000")
     yield case("judge given twice", "loop.labeler=judge", "loop.judge.model=/tmp", "loop.judge.url=http://127.0.0.1:9")

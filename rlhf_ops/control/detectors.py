@@ -27,7 +27,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = ["REMEDIES", "Verdict", "Detector", "NonFiniteMetrics", "ProxyUpGoldDown",
-           "DisagreementSpike", "KLBudget", "LengthDrift", "EntropyCollapse", "CapabilityAnchors", "DETECTORS",
+           "DisagreementSpike", "KLBudget", "LengthDrift", "EntropyCollapse", "CapabilityAnchors", "ProxyUpOracleDown", "DETECTORS",
            "default_detectors", "build_detectors", "run_detectors", "metric"]
 
 REMEDIES = ("raise_beta", "refresh_rm", "lower_lr", "none")
@@ -151,6 +151,29 @@ class ProxyUpGoldDown(Detector):
         return self._fire(fired, f"proxy {gain:+.4g} vs baseline, gold {gold_change:+.4g} "
                                  f"(fires if proxy > +{self.min_proxy_gain:.4g} and "
                                  f"gold < -{self.min_gold_drop:.4g})")
+
+
+@dataclass
+class ProxyUpOracleDown(Detector):
+    """The gold-free Goodhart signature: the RM scores the candidate higher than the last good policy
+    (under one RM) while the gate's oracle (a judge, a held-out RM) prefers the last good policy."""
+
+    name: ClassVar[str] = "proxy_up_oracle_down"
+    min_proxy_gain: float = 0.0
+    max_win_rate: float = 0.5
+    remedy: str = field(default="refresh_rm", kw_only=True)
+    LIMITS: ClassVar = {"min_proxy_gain": (0.0, False), "max_win_rate": (0.0, False)}
+
+    def check(self, current: dict, baseline: dict, history: list[dict]) -> Verdict:
+        if current.get("h2h_decision") in (None, "skipped"):
+            return self._skip("no oracle head-to-head (loop.gate.oracle=judge or heldout_rm)")
+        cur, base, skip = self._need(current, baseline, ("proxy", "win_rate"), ("proxy",))
+        if skip:
+            return skip
+        gain = cur["proxy"] - base["proxy"]
+        fired = gain > self.min_proxy_gain and cur["win_rate"] < self.max_win_rate
+        return self._fire(fired, f"proxy {gain:+.4g} vs the last good policy, oracle win rate {cur['win_rate']:.3g} "
+                                 f"(fires if proxy > +{self.min_proxy_gain:.4g} and win rate < {self.max_win_rate:.3g})")
 
 
 @dataclass
@@ -293,7 +316,7 @@ class CapabilityAnchors(Detector):
 
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (NonFiniteMetrics, ProxyUpGoldDown, DisagreementSpike,
+    cls.name: cls for cls in (NonFiniteMetrics, ProxyUpGoldDown, ProxyUpOracleDown, DisagreementSpike,
                               KLBudget, LengthDrift, EntropyCollapse, CapabilityAnchors)
 }
 

@@ -33,6 +33,8 @@ from .state import LastGood
 
 log = logging.getLogger(__name__)
 STORE = "preferences/store.parquet"
+# What a gold-blind gate does not see (loop.gate.oracle other than gold).
+GOLD_KEYS = ("gold", "gold_win_rate", "rm_accuracy", "label_gold_agreement")
 # What the iteration log keeps of a judged head-to-head.
 JUDGE_FIELDS = ("h2h_decision", "win_rate_lo", "win_rate_hi", "win_rate_lc", "gold_win_rate", "judge_comparisons",
                 "judge_calls")
@@ -312,7 +314,10 @@ def gate(ctx) -> None:
             baseline["proxy"] = current["baseline_proxy"]
         gate_ = Gate(build_detectors([dict(d) for d in lp.detectors]), min_win_rate=lp.min_win_rate,
                      vote=_vote(lp.gate_vote))
-        decision = gate_.decide(current, baseline, s.history)
+        # A gate whose oracle is not gold is blind to gold, also on the testbed where it exists: the record
+        # keeps it for reporting, the detectors do not see it.
+        blind = (lambda r: {k: v for k, v in r.items() if k not in GOLD_KEYS}) if gate_oracle(cfg) != "gold" else dict
+        decision = gate_.decide(blind(current), blind(baseline), [blind(h) for h in s.history])
     skipped = [f"{v.name} ({v.reason})" for v in decision.verdicts if v.skipped]
     if lp.min_win_rate is not None and current.get("h2h_decision") == "skipped" and not w.abandoned:
         skipped.append(current["h2h_reason"])

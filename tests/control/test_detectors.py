@@ -175,3 +175,14 @@ def test_capability_anchors_against_the_initial_policy_and_the_last_good_one():
     with pytest.raises(ValueError, match="against"):
         CapabilityAnchors(against="sft")
     assert build_detectors([{"name": "capability_anchors", "max_nll_increase": 0.5}])[-1].max_nll_increase == 0.5
+
+
+def test_proxy_up_oracle_down_needs_an_oracle_head_to_head():
+    from rlhf_ops.control.detectors import ProxyUpOracleDown
+
+    d = ProxyUpOracleDown()
+    v = d.check({**HEALTHY, "proxy": 1.4, "win_rate": 0.3, "h2h_decision": "lost"}, BASE, [BASE])
+    assert v.fired and v.remedy == "refresh_rm" and "win rate 0.3" in v.reason
+    assert not d.check({**HEALTHY, "proxy": 0.9, "win_rate": 0.3, "h2h_decision": "lost"}, BASE, [BASE]).fired
+    assert not d.check({**HEALTHY, "proxy": 1.4, "win_rate": 0.6, "h2h_decision": "pass"}, BASE, [BASE]).fired
+    assert d.check(HEALTHY, BASE, [BASE]).skipped, "a gold win rate is proxy_up_gold_down's business"
