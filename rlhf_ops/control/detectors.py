@@ -219,13 +219,16 @@ class KLBudget(Detector):
 @dataclass
 class LengthDrift(Detector):
     """Completions grow much longer without a matching gold gain (length hacking). Without gold
-    (a user's task) nothing can excuse the growth, so length alone decides."""
+    (a user's task) the oracle's length-controlled win rate excuses it where the gate has an oracle
+    (loop.gate.oracle=judge|heldout_rm); with neither, length alone decides."""
 
     name: ClassVar[str] = "length_drift"
     max_rel_increase: float = 0.3
     gold_flat_tol: float = 0.05
+    # Without gold, a length-controlled oracle win rate above this excuses the growth (a judged gate only).
+    lc_win_rate_excuse: float = 0.5
     remedy: str = field(default="raise_beta", kw_only=True)
-    LIMITS: ClassVar = {"max_rel_increase": (0.0, True), "gold_flat_tol": (0.0, False)}
+    LIMITS: ClassVar = {"max_rel_increase": (0.0, True), "gold_flat_tol": (0.0, False), "lc_win_rate_excuse": (0.0, False)}
 
     def check(self, current: dict, baseline: dict, history: list[dict]) -> Verdict:
         no_gold = metric(current, "gold") is None and metric(baseline, "gold") is None
@@ -236,6 +239,12 @@ class LengthDrift(Detector):
         if base["length"] <= 0:
             return self._skip(f"baseline length {base['length']:.4g} <= 0")
         rel = cur["length"] / base["length"] - 1.0
+        lc = metric(current, "win_rate_lc")
+        if no_gold and lc is not None and math.isfinite(lc) and current.get("h2h_decision") not in (None, "skipped"):
+            # Without gold, the oracle's length-controlled win rate is the excuse: longer, and better at equal length.
+            fired = rel > self.max_rel_increase and lc <= self.lc_win_rate_excuse
+            return self._fire(fired, f"length {rel:+.1%} vs baseline, oracle's length-controlled win rate {lc:.3g} "
+                                     f"(fires above +{self.max_rel_increase:.0%} unless it is > {self.lc_win_rate_excuse:.3g})")
         if no_gold:
             return self._fire(rel > self.max_rel_increase,
                               f"length {rel:+.1%} vs baseline (fires above +{self.max_rel_increase:.0%}; "

@@ -347,10 +347,14 @@ def gate(ctx) -> None:
         entry.update(status="accepted", reasons=decision.reasons)
         ctx.metrics["accepted"] = 1.0
     else:
-        # Roll back: policy, RM, controller states and data cursor of the last good state, then remedy.
+        # Roll back: policy, RM, controller states and data cursor of the last good state, then remedy. The
+        # remedies act on the settings the rejected candidate was trained with, so they compound over
+        # consecutive rollbacks (beta 0.02 -> 0.04 -> ...): a retry with the same settings would train the
+        # same candidate again (same prompts from the restored cursor, same seed).
+        tried_kl, tried_lr = dict(s.kl_state), s.lr_scale
         s.restore(last_good)
-        kl = KLController.from_state_dict(last_good.kl_state)
-        s.lr_scale, force_rm, applied = apply_remedies(decision.remedies, kl, last_good.lr_scale,
+        kl = KLController.from_state_dict(tried_kl)
+        s.lr_scale, force_rm, applied = apply_remedies(decision.remedies, kl, tried_lr,
                                                        beta_factor=lp.beta_remedy_factor, lr_factor=lp.lr_remedy_factor)
         if "raise_beta" in decision.remedies and kl.beta < lp.kl.remedy_min_beta:
             floor = kl.state_dict()

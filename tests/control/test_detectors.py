@@ -186,3 +186,14 @@ def test_proxy_up_oracle_down_needs_an_oracle_head_to_head():
     assert not d.check({**HEALTHY, "proxy": 0.9, "win_rate": 0.3, "h2h_decision": "lost"}, BASE, [BASE]).fired
     assert not d.check({**HEALTHY, "proxy": 1.4, "win_rate": 0.6, "h2h_decision": "pass"}, BASE, [BASE]).fired
     assert d.check(HEALTHY, BASE, [BASE]).skipped, "a gold win rate is proxy_up_gold_down's business"
+
+
+def test_length_drift_without_gold_is_excused_by_the_oracles_length_controlled_win_rate():
+    base = {k: v for k, v in BASE.items() if k != "gold"}
+    longer = {k: v for k, v in HEALTHY.items() if k != "gold"} | {"length": 150.0}
+    d = LengthDrift()
+    assert d.check(longer, base, [base]).fired, "no oracle: length alone decides"
+    assert not d.check({**longer, "win_rate_lc": 0.62, "h2h_decision": "pass"}, base, [base]).fired
+    v = d.check({**longer, "win_rate_lc": 0.45, "h2h_decision": "pass"}, base, [base])
+    assert v.fired and "length-controlled win rate 0.45" in v.reason
+    assert d.check({**longer, "win_rate_lc": 0.9, "h2h_decision": "skipped"}, base, [base]).fired
