@@ -12,9 +12,9 @@ from rlhf_ops.cli import compose, precheck
     ("loop.kl.beta=abc", "bad value for 'loop.kl.beta'"),
     ("stage.ppo.total_episodez=3", "unknown config key 'stage.ppo.total_episodez'"),
     ("loop.labeler=oracle", "bad value for 'loop.labeler': Invalid value 'oracle', expected one of [annotator, "
-                            "reward_model, human]"),
+                            "reward_model, human, judge]"),
     ("loop.kl.beta=nan", "loop.kl.beta=nan must be a finite number >= 0"),
-    ("loop.gate_vote=9", "loop.gate_vote=9 must be between 1 and the number of detectors (6"),
+    ("loop.gate_vote=9", "loop.gate_vote=9 must be between 1 and the number of detectors (8"),
     ("loop.eval_temperature=0", "loop.eval_temperature=0.0 must be > 0"),
     ("loop.prompts_per_iteration=0", "loop.prompts_per_iteration=0 must be >= 1"),
     ("loop.completions_per_prompt=1", "loop.completions_per_prompt=1: a labeler compares completions"),

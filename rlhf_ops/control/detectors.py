@@ -165,6 +165,8 @@ class ProxyUpOracleDown(Detector):
     LIMITS: ClassVar = {"min_proxy_gain": (0.0, False), "max_win_rate": (0.0, False)}
 
     def check(self, current: dict, baseline: dict, history: list[dict]) -> Verdict:
+        if current.get("h2h_decision") is None and metric(current, "gold") is not None:
+            return self._fire(False, "the gate judges by gold: proxy_up_gold_down checks this")
         if current.get("h2h_decision") in (None, "skipped"):
             return self._skip("no oracle head-to-head (loop.gate.oracle=judge or heldout_rm)")
         cur, base, skip = self._need(current, baseline, ("proxy", "win_rate"), ("proxy",))

@@ -185,7 +185,10 @@ def test_proxy_up_oracle_down_needs_an_oracle_head_to_head():
     assert v.fired and v.remedy == "refresh_rm" and "win rate 0.3" in v.reason
     assert not d.check({**HEALTHY, "proxy": 0.9, "win_rate": 0.3, "h2h_decision": "lost"}, BASE, [BASE]).fired
     assert not d.check({**HEALTHY, "proxy": 1.4, "win_rate": 0.6, "h2h_decision": "pass"}, BASE, [BASE]).fired
-    assert d.check(HEALTHY, BASE, [BASE]).skipped, "a gold win rate is proxy_up_gold_down's business"
+    v = d.check(HEALTHY, BASE, [BASE])
+    assert not v.skipped and not v.fired and "proxy_up_gold_down" in v.reason, "a gold gate's business"
+    no_gold = {k: v for k, v in HEALTHY.items() if k != "gold"}
+    assert d.check(no_gold, BASE, [BASE]).skipped
 
 
 def test_length_drift_without_gold_is_excused_by_the_oracles_length_controlled_win_rate():
