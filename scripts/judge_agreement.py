@@ -3,7 +3,8 @@
 
     python scripts/judge_agreement.py --judge DIR --run RUN_DIR [--n 100] [--rubric TEXT] [--samples ITER]
 
-Prints one JSON line: agreement with gold on pairs gold separates (order-debiased verdicts), tie rate,
+Prints one JSON line: agreement with gold on pairs gold separates (order-debiased verdicts; and asked in
+one order only, as a judge without swapping would be), tie rate,
 mean position bias, the judge's preference for the longer answer, seconds per comparison. RUN_DIR is a
 finished testbed run (setup/prepare/heldout_pairs.parquet; iter_NNN/evaluate/samples.parquet).
 """
@@ -33,7 +34,9 @@ def score(judge, items, golds_a, golds_b, words_a, words_b) -> dict:
     tie = np.array([x.tie for x in v])
     longer_a = np.asarray(words_a) > np.asarray(words_b)
     decided = sep & ~tie
+    first = np.array([x.p_ab > 0.5 for x in v])  # one order only (a shown first): no debiasing, no ties
     return {"n": len(items), "gold_separates": int(sep.sum()),
+            "agreement_one_order": float(np.mean(first[sep] == (ga > gb)[sep])) if sep.any() else None,
             "agreement": float(np.mean(says_a[decided] == (ga > gb)[decided])) if decided.any() else None,
             "agreement_ties_half": float(np.mean(np.where(tie, 0.5, says_a == (ga > gb))[sep])) if sep.any() else None,
             "tie_rate": float(tie.mean()), "position_bias": float(np.mean([x.position_bias for x in v])),
