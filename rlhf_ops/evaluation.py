@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .generation import generate, sequence_stats
+from .generation import generate, right_padded, sequence_stats
 from .models import load_policy, load_tokenizer
 from .scoring import load_reward_model, member_scores
 
@@ -62,14 +62,7 @@ def anchor_metrics(model, tok, prompts: list[str], references: list[str], batch_
             for p, r in zip(prompts, references)]
     nll = []
     for s in range(0, len(rows), batch_size):
-        chunk = rows[s:s + batch_size]
-        width = max(len(q) + len(r) for q, r in chunk)
-        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-        attn, mask = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
-        for j, (q, r) in enumerate(chunk):
-            ids[j, :len(q) + len(r)] = torch.tensor(q + r)
-            attn[j, :len(q) + len(r)] = 1
-            mask[j, len(q):len(q) + len(r)] = True
+        ids, attn, mask = right_padded(rows[s:s + batch_size], tok.pad_token_id)
         lp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float(), -1)
         tok_lp = lp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
         m = mask[:, 1:]

@@ -71,6 +71,21 @@ def generate(policy_dir, prompts: list[str], n: int = 1, *, max_new_tokens: int 
     return out
 
 
+def right_padded(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """(input_ids, attention_mask, response_mask) of (prompt ids, response ids) rows, right-padded so
+    that positions line up from the left; the response mask marks each row's response tokens."""
+    width = max(len(q) + max(len(r), 1) for q, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    resp_mask = torch.zeros_like(ids, dtype=torch.bool)
+    for j, (q, r) in enumerate(rows):
+        seq = q + r
+        ids[j, :len(seq)] = torch.tensor(seq)
+        attn[j, :len(seq)] = 1
+        resp_mask[j, len(q):len(seq)] = True
+    return ids, attn, resp_mask
+
+
 @torch.no_grad()
 def sequence_stats(policy, ref, tokenizer, prompts: list[str], response_ids: list[list[int]],
                    batch_size: int = 64, temperature: float = 1.0) -> dict[str, list[float]]:
@@ -87,15 +102,7 @@ def sequence_stats(policy, ref, tokenizer, prompts: list[str], response_ids: lis
         for p, r in zip(prompts[s:s + batch_size], response_ids[s:s + batch_size]):
             q = tokenizer(p, add_special_tokens=False)["input_ids"]
             rows.append((q, r))
-        width = max(len(q) + max(len(r), 1) for q, r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        resp_mask = torch.zeros_like(ids, dtype=torch.bool)
-        for j, (q, r) in enumerate(rows):  # right padding: positions line up from the left
-            seq = q + r
-            ids[j, :len(seq)] = torch.tensor(seq)
-            attn[j, :len(seq)] = 1
-            resp_mask[j, len(q):len(seq)] = True
+        ids, attn, resp_mask = right_padded(rows, tokenizer.pad_token_id)
         ids, attn, resp_mask = ids.to(device), attn.to(device), resp_mask.to(device)
         lp = torch.log_softmax(policy(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / t, -1)
         lr = torch.log_softmax(ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / t, -1)

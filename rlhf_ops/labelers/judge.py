@@ -416,7 +416,7 @@ class JudgeLabeler:
             distinct = list(dict.fromkeys(candidates[j]))
             order = sorted(scores, key=lambda i: scores[i])
             best, worst = order[-1], order[0]
-            if scores[best] == scores[worst] or scores[best][0] == scores[worst][0]:
+            if scores[best][0] == scores[worst][0]:
                 continue  # the judge prefers neither (a tie, or a cycle among three or more)
             row = prompt_rows[j]
             chosen, rejected = distinct[best], distinct[worst]
