@@ -196,7 +196,7 @@ def precheck(argv: list[str], once: _ComposedOnce | None = None) -> str | None:
         return None
     overrides, name = parsed
     try:
-        from .validate import validate_config
+        from .validate import mark_prechecked, validate_config
 
         variants = _expand_sweeps(overrides)
         for ov in variants:
@@ -204,6 +204,7 @@ def precheck(argv: list[str], once: _ComposedOnce | None = None) -> str | None:
             validate_config(cfg)
         if once is not None and variants == [overrides] and not {"-m", "--multirun"} & set(argv):
             once.remember(name, overrides, cfg)
+            mark_prechecked(cfg)
     except Exception as e:  # noqa: BLE001 - every composition problem becomes one line
         return one_line(e)
     finally:
@@ -246,11 +247,17 @@ def _exit_without_teardown() -> None:
 def main(fast_exit: bool = False) -> None:
     """The command line. `fast_exit` (set by `python -m rlhf_ops`): a finished run leaves without the
     interpreter's teardown (see _exit_without_teardown); in-process callers keep the normal return."""
-    with _ComposedOnce() as once:
-        err = precheck(sys.argv[1:], once)
-        if err:
-            print(f"rlhf_ops: config error: {err}", file=sys.stderr)
-            sys.exit(2)
-        hydra_main()
+    from . import gcpolicy
+
+    gcpolicy.hold()  # released when the work begins (rlhf_ops.gcpolicy)
+    try:
+        with _ComposedOnce() as once:
+            err = precheck(sys.argv[1:], once)
+            if err:
+                print(f"rlhf_ops: config error: {err}", file=sys.stderr)
+                sys.exit(2)
+            hydra_main()
+    finally:
+        gcpolicy.release()
     if fast_exit:
         _exit_without_teardown()

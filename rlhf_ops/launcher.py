@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import console
+from . import console, gcpolicy
 from .artifacts import atomic_dir, check_output, write_meta
 
 STAGE_NAMES = ("sft", "reward", "ppo", "dpo")
@@ -91,6 +91,7 @@ def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: 
               overwrite: bool = False, extra: dict | None = None, progress: bool = True,
               trust_remote_code: bool = False) -> dict:
     """Validate, train and atomically publish one stage. Returns the stage metadata."""
+    gcpolicy.release()  # start-up is over: what it left is long-lived
     module = stage_module(stage)
     launcher = dict(launcher or {})
     output = Path(output)

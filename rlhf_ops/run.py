@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import console
 from .artifacts import write_json_atomic
-from .validate import validate_config
+from .validate import validate_config_once
 
 log = logging.getLogger(__name__)
 STAGE_JOBS = ("sft", "reward", "ppo", "dpo")
@@ -122,7 +122,7 @@ def run(cfg: DictConfig):
     t0 = time.time()
     try:
         with stop_on_signals():
-            validate_config(cfg)
+            validate_config_once(cfg)
             if cfg.job in STAGE_JOBS:
                 return run_one_stage(cfg)
             from .loop.runner import run_loop

@@ -162,6 +162,35 @@ def _loop_ranges(cfg) -> None:
         _check(vote in ("any", "majority"), "loop.gate_vote", vote, "must be any, majority or a count")
 
 
+_PRECHECKED: set[str] = set()  # fingerprints of compositions the CLI's pre-check validated, not yet run
+
+
+def _fingerprint(cfg) -> str:
+    """The config as composed, Hydra's own node aside and nothing resolved: the pre-check's composition
+    and the one @hydra.main hands the run (cli._ComposedOnce) have the same fingerprint."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+
+
+def mark_prechecked(cfg) -> None:
+    """The CLI's pre-check validated `cfg` just now, and @hydra.main is about to run this composition."""
+    _PRECHECKED.add(_fingerprint(cfg))
+
+
+def validate_config_once(cfg) -> None:
+    """validate_config, unless the CLI's pre-check validated this composition a moment ago in this process
+    (then only what Hydra's run resolves anew, the run dir's ledger, is checked again: about 0.4 s of
+    checks, imports and probes not repeated per command). Once: a second run of the same composition in
+    this process is validated in full."""
+    key = _fingerprint(cfg)
+    if key in _PRECHECKED:
+        _PRECHECKED.discard(key)
+        _run_dir_ledger(cfg)
+        return
+    validate_config(cfg)
+
+
 def validate_config(cfg) -> None:
     _ranges(cfg)
     from omegaconf import OmegaConf

@@ -148,6 +148,43 @@ def test_a_single_run_composes_its_config_once(tmp_path, monkeypatch):
     assert hydra_node["job"]["name"] == "cli" and hydra_node["mode"].name == "RUN"
 
 
+
+def test_a_single_run_is_validated_once_but_its_run_dir_again(tmp_path, monkeypatch):
+    """The pre-check's validation is not repeated when @hydra.main runs the same composition; the run dir,
+    which only Hydra's run resolves, is checked again (a damaged ledger there still stops the run), and a
+    second in-process run of the same config is validated in full."""
+    import sys
+
+    import rlhf_ops.cli as cli
+    import rlhf_ops.run
+    import rlhf_ops.validate as validate
+
+    calls = []
+    real = validate.validate_config
+    monkeypatch.setattr(validate, "validate_config", lambda cfg: (calls.append("full"), real(cfg))[1])
+    real_ledger = validate._run_dir_ledger
+    monkeypatch.setattr(validate, "_run_dir_ledger", lambda cfg: (calls.append("ledger"), real_ledger(cfg))[1])
+    seen = {}
+
+    def run_stub(cfg):
+        seen["cfg"] = cfg
+        validate.validate_config_once(cfg)
+
+    monkeypatch.setattr(rlhf_ops.run, "run", run_stub)
+    (tmp_path / "run").mkdir()
+    overrides = ["+experiment=quickstart", f"run_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/hydra"]
+    monkeypatch.setattr(sys, "argv", ["rlhf_ops", *overrides])
+    cli.main()
+    assert calls[0] == "full" and calls[1:].count("full") == 0 and calls[-1] == "ledger", calls
+    calls.clear()
+    validate.validate_config_once(seen["cfg"])  # the same composition again: not pre-checked any more
+    assert calls[0] == "full", calls
+    (tmp_path / "run" / "ledger.sqlite").write_bytes(b"not a database")
+    validate.mark_prechecked(seen["cfg"])
+    with pytest.raises(ValueError, match="not an SQLite database"):
+        validate.validate_config_once(seen["cfg"])
+
+
 _FAST_EXIT_PROBE = """
 import atexit, sys
 atexit.register(lambda: print("exit handler ran", flush=True))

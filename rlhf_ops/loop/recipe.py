@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import gcpolicy
 from ..artifacts import InputError
 from ..ledger import EXTERNAL_KIND, Ledger, hash_path, map_strings
 from .errors import AbandonIteration, RecipeError, StopLoop
@@ -121,6 +122,7 @@ class StepRunner:
         last = self.ledger.last_completed()
         state = LoopState.from_json(last[2]) if last else LoopState()
         self._check_external()
+        gcpolicy.release()  # start-up is over: what it left is long-lived
         resume_at = next((k for k, (i, s) in enumerate(self.plan) if last and (i, s) == last[:2]), -1)
         if last and resume_at < 0:
             raise RecipeError(f"the ledger's last finished step ({last[1]!r}, iteration {last[0]}) is not in this "

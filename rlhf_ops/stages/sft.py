@@ -7,11 +7,10 @@ Loss is on the completion only (TRL's default for prompt-completion data); EOS i
 
 from __future__ import annotations
 
-from datasets import Dataset
-
 from ..formats import read_rendered
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
 from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .sft_data import build_trainer
 from .trl_args import trl_kwargs
 
 COLUMNS = ("prompt", "completion")
@@ -32,14 +31,13 @@ def train(spec: dict) -> dict:
     tokenizer = load_tokenizer(inputs["policy"], trc)
     model = load_policy(inputs["policy"], trc)
     df = read_rendered(inputs["data"], "sft", tokenizer)
-    dataset = Dataset.from_pandas(df[list(COLUMNS)].reset_index(drop=True))
-    args = SFTConfig(**trl_kwargs("sft", cfg, **trainer_kwargs(spec, cfg)))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = build_trainer(SFTTrainer, SFTConfig, trl_kwargs("sft", cfg, **trainer_kwargs(spec, cfg)), model,
+                            tokenizer, df[list(COLUMNS)])
     quiet(trainer, spec)
     out = fit(trainer)
     metrics = log_history_metrics(trainer)
     metrics["train_loss"] = float(out.training_loss)
-    metrics["n_examples"] = len(dataset)
+    metrics["n_examples"] = len(df)
     check_finite_loss(metrics, "sft")
     save_trained(trainer, tokenizer, spec["tmp_dir"])
     drop_trainer_dir(spec)
