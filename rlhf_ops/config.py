@@ -23,11 +23,12 @@ class Choice(StrEnum):
 
 
 class Job(Choice):
-    loop = "loop"; sft = "sft"; reward = "reward"; ppo = "ppo"; dpo = "dpo"  # noqa: E702
+    loop = "loop"; sft = "sft"; reward = "reward"; ppo = "ppo"; dpo = "dpo"; rloo = "rloo"; grpo = "grpo"  # noqa: E702
+    rejection_sampling = "rejection_sampling"
 
 
 class PolicyUpdate(Choice):
-    ppo = "ppo"; dpo = "dpo"  # noqa: E702
+    ppo = "ppo"; dpo = "dpo"; rloo = "rloo"; grpo = "grpo"; rejection_sampling = "rejection_sampling"  # noqa: E702
 
 
 class Labeler(Choice):
@@ -232,6 +233,33 @@ class PPOStageConfig:
 
 
 @dataclass
+class GroupRLStageConfig:
+    """stage.rloo and stage.grpo: TRL's RLOOConfig / GRPOConfig fields by name (rlhf_ops/stages/group_rl.py)."""
+    learning_rate: float = 3e-5
+    # KL coefficient against the reference; the loop's controller overrides it per iteration (loop.kl.beta).
+    beta: float = "${loop.kl.beta}"  # type: ignore[assignment]  (one knob: loop.kl.beta)
+    # completions per prompt: each one's baseline is the others' mean reward
+    num_generations: int = 4
+    # completions per optimizer step (a multiple of num_generations)
+    per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    # new tokens per completion
+    max_completion_length: int = 48
+    temperature: float = 0.7
+    # Subtracted from the reward of a completion that never emitted EOS (null = none; ours, as PPO's).
+    missing_eos_penalty: Optional[float] = 1.0
+    # Optimizer passes over each generated batch (PPO's num_ppo_epochs)
+    num_iterations: int = 4
+    epsilon: float = 0.2
+    # Recompute activations in the backward pass (TRL's default is on): off unless the model does not fit.
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    trl: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DPOStageConfig:
     learning_rate: float = 5e-5
     beta: float = 0.1
@@ -256,6 +284,12 @@ class StagesConfig:
     reward: RewardStageConfig = field(default_factory=RewardStageConfig)
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    rloo: GroupRLStageConfig = field(default_factory=GroupRLStageConfig)
+    grpo: GroupRLStageConfig = field(default_factory=GroupRLStageConfig)
+    # SFT on the reward model's best of the collected completions per prompt (loop.policy_update=
+    # rejection_sampling): fine-tuning a trained policy, so a smaller step than SFT from scratch.
+    rejection_sampling: SFTStageConfig = field(default_factory=lambda: SFTStageConfig(
+        learning_rate=3e-4, num_train_epochs=2.0, per_device_train_batch_size=16, warmup_steps=0))
 
 
 @dataclass
@@ -399,6 +433,10 @@ class LoopConfig:
     # the pairs it got wrong appear rm_hard_pair_repeat times in the refresh's training mix.
     rm_update_disagreement: Optional[float] = None
     rm_hard_pair_repeat: int = 1
+    # Plateau refresh: refresh the RM (whatever its schedule, outside a freeze window) when none of the last
+    # K gated iterations won its head-to-head by more than rm_update_plateau_margin (null = off).
+    rm_update_plateau: Optional[int] = None
+    rm_update_plateau_margin: float = 0.02
     # Adversarial pairs: when the gate rejects a candidate, its evaluation samples are labelled (by
     # loop.labeler) against the last good policy's, and the next RM refresh trains on them this many
     # times over (source "adversarial" in the pairs' provenance); 0 = off.

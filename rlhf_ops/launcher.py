@@ -19,7 +19,7 @@ from pathlib import Path
 from . import console, gcpolicy
 from .artifacts import atomic_dir, check_output, write_meta
 
-STAGE_NAMES = ("sft", "reward", "ppo", "dpo")
+STAGE_NAMES = ("sft", "reward", "ppo", "dpo", "rloo", "grpo", "rejection_sampling")
 
 
 def stage_module(name: str):

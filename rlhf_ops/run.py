@@ -24,7 +24,7 @@ from .artifacts import write_json_atomic
 from .validate import validate_config_once
 
 log = logging.getLogger(__name__)
-STAGE_JOBS = ("sft", "reward", "ppo", "dpo")
+STAGE_JOBS = ("sft", "reward", "ppo", "dpo", "rloo", "grpo", "rejection_sampling")
 
 
 def _is_multirun() -> bool:

@@ -19,10 +19,35 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+STAGES = ("sft", "reward", "ppo", "dpo", "rloo", "grpo", "rejection_sampling")
+
+
+def _group_rl(cfg, name: str) -> None:
+    st = cfg.stage[name]
+    _check(st.num_generations >= 2, f"stage.{name}.num_generations", st.num_generations,
+           "must be >= 2 (each completion's baseline is the other completions of its prompt)")
+    batch = st.per_device_train_batch_size * st.gradient_accumulation_steps
+    if batch % st.num_generations:
+        raise ValueError(f"stage.{name}.num_generations={st.num_generations} must divide the batch of completions "
+                         f"(per_device_train_batch_size x gradient_accumulation_steps = {batch}): a prompt's "
+                         "completions are one group")
+    _check(st.max_completion_length >= 1, f"stage.{name}.max_completion_length", st.max_completion_length, "must be >= 1")
+    _check(_finite(st.temperature) and st.temperature > 0, f"stage.{name}.temperature", st.temperature, "must be > 0")
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_interpolation(st, "beta"):  # ${loop.kl.beta} is checked as loop.kl.beta
+        _check(_finite(st.beta) and st.beta >= 0, f"stage.{name}.beta", st.beta, "must be >= 0")
+    _check(st.num_iterations >= 1, f"stage.{name}.num_iterations", st.num_iterations, "must be >= 1")
+    _check(_finite(st.epsilon) and st.epsilon > 0, f"stage.{name}.epsilon", st.epsilon, "must be > 0")
+    if st.missing_eos_penalty is not None:
+        _check(_finite(st.missing_eos_penalty) and st.missing_eos_penalty >= 0, f"stage.{name}.missing_eos_penalty",
+               st.missing_eos_penalty, "must be >= 0 or null")
+
+
 def _ranges(cfg) -> None:
     """Values every job needs in range; a NaN or a negative learning rate never reaches a trainer."""
     _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
-    for name in ("sft", "reward", "ppo", "dpo"):
+    for name in STAGES:
         st = cfg.stage[name]
         _check(_finite(st.learning_rate) and st.learning_rate > 0, f"stage.{name}.learning_rate", st.learning_rate,
                "must be a finite number > 0")
@@ -33,6 +58,8 @@ def _ranges(cfg) -> None:
                    f"stage.{name}.num_train_epochs", st.num_train_epochs, "must be > 0 (or set max_steps > 0)")
         if "max_length" in st:
             _check(st.max_length >= 2, f"stage.{name}.max_length", st.max_length, "must be >= 2")
+    for name in ("rloo", "grpo"):
+        _group_rl(cfg, name)
     ppo = cfg.stage.ppo
     _check(ppo.response_length >= 1, "stage.ppo.response_length", ppo.response_length, "must be >= 1")
     _check(_finite(ppo.temperature) and ppo.temperature > 0, "stage.ppo.temperature", ppo.temperature,
@@ -43,7 +70,7 @@ def _ranges(cfg) -> None:
     # Found by scripts/bad_inputs.py: each of these failed only inside a trainer, or never (NaN weights, no update).
     _check(cfg.seed < 2**31, "seed", cfg.seed, "must be < 2**31 (numpy's seeds, derived from it per member and "
            "process, must stay below 2**32)")
-    for name in ("sft", "reward", "ppo", "dpo"):
+    for name in STAGES:
         st = cfg.stage[name]
         _check(st.logging_steps >= 1, f"stage.{name}.logging_steps", st.logging_steps, "must be >= 1")
         if "warmup_steps" in st:
@@ -133,6 +160,17 @@ def _loop_ranges(cfg) -> None:
         if lp.labeler == "reward_model":
             raise ValueError("loop.rm_update_disagreement: with loop.labeler=reward_model the fresh labels are the RM's "
                              "own rankings, so it never disagrees with them; use it with the judge, a person or an annotator")
+    if lp.rm_update_plateau is not None:
+        _check(lp.rm_update_plateau >= 1, "loop.rm_update_plateau", lp.rm_update_plateau,
+               "must be an iteration count >= 1 or null")
+        _check(_finite(lp.rm_update_plateau_margin) and 0 <= lp.rm_update_plateau_margin < 0.5,
+               "loop.rm_update_plateau_margin", lp.rm_update_plateau_margin, "must be in [0, 0.5)")
+        if lp.min_win_rate is None:
+            raise ValueError("loop.rm_update_plateau: a plateau is read from the gate's head-to-head win rate, and "
+                             "loop.min_win_rate=null turns the head-to-head off")
+        if lp.labeler == "reward_model":
+            raise ValueError("loop.rm_update_plateau: with loop.labeler=reward_model a refresh trains the RM on its "
+                             "own rankings, which cannot lift a plateau; use the judge, a person or an annotator")
     _check(lp.rm_adversarial_repeat >= 0, "loop.rm_adversarial_repeat", lp.rm_adversarial_repeat, "must be >= 0 (0 = off)")
     if lp.rm_adversarial_repeat > 0 and lp.labeler in ("reward_model", "human"):
         raise ValueError(f"loop.rm_adversarial_repeat={lp.rm_adversarial_repeat}: a rejected candidate's samples are "
@@ -202,7 +240,7 @@ def validate_config(cfg) -> None:
 
     from .stages import trl_args
 
-    for name in ("sft", "reward", "ppo", "dpo"):  # every stage key is TRL's or ours, by name
+    for name in STAGES:  # every stage key is TRL's or ours, by name
         trl_args.check(name, OmegaConf.to_container(cfg.stage[name], resolve=True))
     ppo = cfg.stage.ppo
     batch = ppo.per_device_train_batch_size * ppo.gradient_accumulation_steps
@@ -240,7 +278,7 @@ def validate_config(cfg) -> None:
         from .launcher import resolve_deepspeed
 
         resolve_deepspeed(cfg.launcher.deepspeed)
-    if cfg.job in ("sft", "reward", "ppo", "dpo"):
+    if cfg.job in STAGES:
         if not cfg.io.output:
             raise ValueError(f"io.output: job={cfg.job} needs an output directory (io.output=PATH)")
         return
@@ -319,8 +357,8 @@ def _validate_task(cfg) -> None:
             raise ValueError("loop.labeler=reward_model needs a reward model before the first labels, and without "
                              "task.pairs there is no warm-up to train one; give task.pairs=FILE or use "
                              "loop.labeler=human")
-        if not uses_labeler and lp.policy_update == "ppo":
-            raise ValueError("this loop trains PPO against a reward model, but without task.pairs and without a "
+        if not uses_labeler and lp.policy_update in ("ppo", "rloo", "grpo", "rejection_sampling"):
+            raise ValueError(f"this loop trains {str(lp.policy_update).upper()} against a reward model, but without task.pairs and without a "
                              "label step nothing trains one; give task.pairs=FILE")
 
 
@@ -356,7 +394,8 @@ def _validate_loop(cfg) -> None:
             )
     _run_dir_ledger(cfg)
     _validate_judge(cfg)
-    if lp.policy_update == "ppo" and lp.ensemble_reduce != "mean" and cfg.stage.reward.ensemble_size == 1:
+    if (lp.policy_update in ("ppo", "rloo", "grpo", "rejection_sampling") and lp.ensemble_reduce != "mean"
+            and cfg.stage.reward.ensemble_size == 1):
         import logging
 
         logging.getLogger(__name__).warning(

@@ -54,6 +54,9 @@ TINY_RUN = ["model.hidden_size=32", "model.intermediate_size=64", "model.vocab_s
             "stage.sft.max_steps=6", "stage.reward.max_steps=4", "stage.dpo.max_steps=3",
             "stage.ppo.total_episodes=16", "stage.ppo.per_device_train_batch_size=8", "stage.ppo.num_ppo_epochs=1",
             "stage.ppo.response_length=16", "loop.prompts_per_iteration=8", "loop.eval_samples_per_prompt=1",
+            *(f"stage.{n}.{k}" for n in ("rloo", "grpo") for k in ("max_steps=2", "per_device_train_batch_size=8",
+                                                                  "max_completion_length=16", "num_iterations=1")),
+            "stage.rejection_sampling.max_steps=3",
             "progress=false", "tracking=disabled"]
 TINY = TINY_TASK + TINY_RUN
 

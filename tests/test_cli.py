@@ -29,6 +29,8 @@ from rlhf_ops.cli import compose, precheck
     ("loop.rm_freeze=[[0,2]]", "the reward model can never be updated within loop.iterations=3"),
     ("loop.rm_accuracy_z=-1", "loop.rm_accuracy_z=-1.0 must be >= 0"),
     ("launcher.deepspeed=deepspeed/zero9.json", "DeepSpeed config not found: deepspeed/zero9.json"),
+    ("stage.rloo.num_generations=1", "stage.rloo.num_generations=1 must be >= 2"),
+    ("stage.grpo.per_device_train_batch_size=30", "stage.grpo.num_generations=4 must divide the batch of completions"),
 ])
 def test_bad_override_is_one_line_naming_it(override, expected):
     err = precheck(["+experiment=quickstart", override])

@@ -50,7 +50,7 @@ def _schema_fields():
 
 
 STAGE_CLASSES = {"SFTStageConfig": "sft", "RewardStageConfig": "reward", "PPOStageConfig": "ppo",
-                 "DPOStageConfig": "dpo"}
+                 "DPOStageConfig": "dpo", "GroupRLStageConfig": "grpo"}  # GroupRL's fields are RLOO's too (below)
 
 
 def test_every_schema_key_is_read():
@@ -75,7 +75,7 @@ def test_every_stage_schema_key_is_a_trl_field_or_ours():
     sound only while every schema key is a field of the TRL config class or one rlhf_ops reads itself."""
     from rlhf_ops.stages.trl_args import COMMON, OURS, check, schema_fields, trl_fields
 
-    for stage in ("sft", "reward", "ppo", "dpo"):
+    for stage in ("sft", "reward", "ppo", "dpo", "rloo", "grpo", "rejection_sampling"):
         assert schema_fields(stage) - OURS[stage] - COMMON <= trl_fields(stage), stage
     with __import__("pytest").raises(ValueError, match="stage.sft.trl.max_grad_nrm"):
         check("sft", {"learning_rate": 1e-3, "trl": {"max_grad_nrm": 1.0}})

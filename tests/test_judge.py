@@ -518,6 +518,23 @@ def test_adversarial_refresh_fires_on_disagreement_and_repeats_the_pairs_the_rm_
     assert p.returncode == 2 and "never disagrees" in p.stderr
 
 
+
+def test_plateau_refresh_fires_after_k_iterations_without_a_win(tmp_path):
+    """No scheduled refresh, K=1 and a margin no iteration can clear: iteration 0 has no history and no
+    refresh, iteration 1 refreshes because iteration 0 did not win by the margin."""
+    from conftest import TINY
+
+    run_dir = tmp_path / "run"
+    p = run_cli("+experiment=quickstart", *TINY, "loop.iterations=2", "loop.rm_update_every=null",
+                "loop.rm_update_plateau=1", "loop.rm_update_plateau_margin=0.49", f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    its = json.loads((run_dir / "summary.json").read_text())["iterations"]
+    assert not its[0]["rm_update"].startswith("plateau"), its[0]["rm_update"]
+    assert its[1]["rm_update"].startswith("plateau: no oracle win rate above 0.99 in the last 1 iterations"), its[1]
+    p = run_cli("+experiment=quickstart", *TINY, "loop.rm_update_plateau=0", f"run_dir={tmp_path / 'r2'}", timeout=120)
+    assert p.returncode == 2 and "loop.rm_update_plateau" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 def test_a_rejected_candidates_samples_train_the_next_rm_refresh(tmp_path):
     """A candidate the gate rejects (here: any KL at all is over budget) leaves its evaluation samples,
     labelled by the annotator against the last good policy's, for the next RM refresh."""

@@ -84,3 +84,86 @@ def test_dpo_trains_with_explicit_reference(sft_out, tiny_assets, tmp_path):
     assert meta["metrics"]["beta"] == 0.3
     assert math.isfinite(meta["metrics"]["final_loss"])
     assert changed(load_policy(sft_out[0]), load_policy(out)) > 0.5
+
+
+@pytest.mark.parametrize("name", ["rloo", "grpo"])
+def test_group_rl_trains_against_the_reward_model_with_kl_to_the_given_reference(name, sft_out, rm_out, tiny_assets,
+                                                                                tmp_path):
+    """RLOO / GRPO (TRL's trainers) against our RM: the loop's beta is theirs, and the KL term is against
+    io.ref, not against the policy they start from (TRL's own choice). With io.ref the untrained init
+    policy the first step's KL is far above the same run's with io.ref the policy itself (about 0)."""
+    first_kl = {}
+    for ref in ("init", "self"):
+        out = tmp_path / f"{name}_{ref}"
+        meta = run_stage(name, cfg=stage_cfg(name), inputs={
+            "policy": str(sft_out[0]), "ref": tiny_assets["policy"] if ref == "init" else str(sft_out[0]),
+            "reward_model": str(rm_out), "data": tiny_assets["prompts"]}, output=out, seed=0, progress=False,
+            extra={"beta": 0.2})
+        m = meta["metrics"]
+        assert m["beta"] == 0.2 and m["global_step"] == 2
+        assert math.isfinite(m["loss"]) and math.isfinite(m["rewards/reward_model/mean"])
+        assert changed(load_policy(sft_out[0]), load_policy(out)) > 0.5
+        first_kl[ref] = m["first_kl"]
+    assert first_kl["self"] < 1e-6 < first_kl["init"] and first_kl["init"] > 1e-3, first_kl
+
+
+def test_group_rl_penalises_a_completion_without_eos(sft_out, rm_out):
+    from rlhf_ops.models import load_tokenizer
+    from rlhf_ops.stages.group_rl import RewardFunction
+
+    tok = load_tokenizer(str(sft_out[0]))
+    f = RewardFunction(str(rm_out), tok, "mean", 1.0, 1.0, False, max_length=128)
+    eos = tok.eos_token_id
+    r = f(["a prompt"] * 2, ["same text", "same text"], completion_ids=[[5, 6, eos], [5, 6, 7]])
+    assert r[0] - r[1] == pytest.approx(1.0), "the same text, cut off before EOS, scores the penalty lower"
+
+
+def test_best_of_n_picks_the_rms_favourite_that_ended_per_prompt(rm_out):
+    import pandas as pd
+
+    from rlhf_ops.loop.iteration import best_of_n
+    from rlhf_ops.scoring import load_scorer, member_scores
+
+    texts = ["The food was good and the staff were kind.", "bad bad bad bad", "It was fine, I think.",
+             "Great service, great place, I will come back.", "no", ""]
+    df = pd.DataFrame([{"prompt": f"Review place {p}.", "prompt_id": f"p{p}", "completion": t, "ended": e,
+                        "empty": t == ""} for p in range(2) for t, e in zip(texts, [True, True, True, False, True, True])])
+    best = best_of_n(df, str(rm_out), "mean", 1.0)
+    assert sorted(best["prompt_id"]) == ["p0", "p1"]
+    assert best["ended"].all() and (best["completion"] != "").all(), "a cut-off or empty completion never wins"
+    eligible = df[df["ended"] & ~df["empty"]]
+    model, tok = load_scorer(str(rm_out))
+    eligible = eligible.assign(s=member_scores(model, tok, eligible["prompt"].tolist(),
+                                               eligible["completion"].tolist()).mean(1))
+    want = eligible.sort_values("s", ascending=False).groupby("prompt_id").head(1)
+    assert dict(zip(want["prompt_id"], want["completion"])) == dict(zip(best["prompt_id"], best["completion"]))
+
+
+def test_best_of_n_cli_keeps_the_rms_best_sample_per_prompt_and_overwrites_nothing(sft_out, rm_out, tiny_assets,
+                                                                                   tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import REPO
+
+    out, every = tmp_path / "best.parquet", tmp_path / "all.jsonl"
+    cmd = [sys.executable, "-m", "rlhf_ops.bon", "--policy", str(sft_out[0]), "--reward-model", str(rm_out),
+           "--prompts", tiny_assets["prompts"], "--n", "4", "--max-new-tokens", "12", "--out", str(out),
+           "--all", str(every)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    best, samples = pd.read_parquet(out), pd.read_json(every, lines=True)
+    n_prompts = len(pd.read_parquet(tiny_assets["prompts"]))
+    assert len(best) == n_prompts and len(samples) == 4 * n_prompts
+    for _, b in best.iterrows():
+        mine = samples[samples["prompt_index"] == b["prompt_index"]]
+        eligible = mine[mine["ended"]] if mine["ended"].any() else mine
+        assert b["score"] == pytest.approx(eligible["score"].max())
+        assert b["max_score_of_n"] >= b["score"] - 1e-9
+    ended_all = best.groupby("prompt_index").size()  # a prompt whose samples all ended: its best is the max
+    assert ended_all.sum() == n_prompts
+    assert "gain +" in p.stdout
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1

@@ -63,6 +63,36 @@ def test_user_model_and_files_online_ppo(user, tmp_path):
     assert "<b>no gold</b>" in (run_dir / "report.html").read_text(), "the report says so instead of failing"
 
 
+def test_user_model_and_files_online_grpo(user, tmp_path):
+    """GRPO (TRL's GRPOTrainer) in the loop on the user's model, chat prompts and pairs: the policy update
+    ran against the RM the loop trained, and the gate saw a candidate."""
+    run_dir = tmp_path / "grpo"
+    p = run_cli("+experiment=tiny_online_grpo", *files_args(user, f"task.sft={user['sft']}",
+                f"task.pairs={user['pairs']}", "loop.labeler=reward_model", f"run_dir={run_dir}"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "completed" and len(s["iterations"]) == 1
+    meta = json.loads((run_dir / "iter_000" / "policy_update" / "policy" / "stage_meta.json").read_text())
+    assert meta["stage"] == "grpo" and meta["inputs"]["ref"].endswith("setup/sft/policy")
+    assert meta["metrics"]["global_step"] == 2 and "rewards/reward_model/mean" in meta["metrics"]
+    assert isinstance(s["iterations"][0]["kl"], float)
+
+
+def test_user_model_and_files_rejection_sampling(user, tmp_path):
+    """Rejection sampling on the user's chat model: SFT on the RM's best of 4 collected completions."""
+    run_dir = tmp_path / "rs"
+    p = run_cli("+experiment=tiny_rejection_sampling", *files_args(user, f"task.sft={user['sft']}",
+                f"task.pairs={user['pairs']}", "loop.labeler=reward_model", f"run_dir={run_dir}"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    step = run_dir / "iter_000" / "policy_update"
+    best = pd.read_parquet(step / "best_of_n.parquet")
+    collected = pd.read_parquet(run_dir / "iter_000" / "collect" / "completions.parquet")
+    assert len(best) == collected["prompt_id"].nunique() and best["prompt_id"].is_unique
+    assert best["prompt"].str.startswith("<|im_start|>user").all()
+    meta = json.loads((step / "policy" / "stage_meta.json").read_text())
+    assert meta["stage"] == "rejection_sampling" and meta["metrics"]["global_step"] == 3
+
+
 def test_user_files_iterative_dpo_with_human_queue_and_no_seed_pairs(user, tmp_path):
     run_dir = tmp_path / "dpo"
     args = ["+experiment=tiny_iterative_dpo", *files_args(user, "loop.labeler=human", f"run_dir={run_dir}")]

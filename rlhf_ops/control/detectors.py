@@ -167,8 +167,10 @@ class ProxyUpOracleDown(Detector):
     def check(self, current: dict, baseline: dict, history: list[dict]) -> Verdict:
         if current.get("h2h_decision") is None and metric(current, "gold") is not None:
             return self._fire(False, "the gate judges by gold: proxy_up_gold_down checks this")
-        if current.get("h2h_decision") in (None, "skipped"):
+        if current.get("h2h_decision") is None:
             return self._skip("no oracle head-to-head (loop.gate.oracle=judge or heldout_rm)")
+        if current.get("h2h_decision") == "skipped":
+            return self._skip("the oracle's head-to-head was skipped: it could not tell the policies apart")
         cur, base, skip = self._need(current, baseline, ("proxy", "win_rate"), ("proxy",))
         if skip:
             return skip

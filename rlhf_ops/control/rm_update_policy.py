@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["RMUpdatePolicy", "accept_new_rm"]
+__all__ = ["RMUpdatePolicy", "accept_new_rm", "plateau"]
 
 
 def _finite(owner: str, field: str, value: Any) -> float:
@@ -35,6 +35,32 @@ def _iteration(owner: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{owner}: iteration must be an int >= 0, got {value!r}")
     return value
+
+
+def plateau(iterations_log: list[dict], k: int, margin: float, last_update_iteration: int | None) -> str | None:
+    """Why the RM should be refreshed because the policy stopped improving, or None.
+
+    The policy has plateaued when none of the last `k` gated iterations won its head-to-head against the
+    last good policy by more than `margin` (oracle win rate > 0.5 + margin: the gate's oracle, gold, the
+    judge or the held-out RM; a rejected or abandoned iteration did not win), and the RM was not refreshed
+    during them (a refresh needs `k` iterations to show). Accepted iterations with no win rate (no oracle,
+    or a head-to-head skipped because the judge could not tell) are no evidence either way: fewer than `k`
+    left is no plateau."""
+    def rate(e):  # a skipped head-to-head (a judge that could not tell the two apart) measured nothing
+        return None if e.get("h2h_decision") == "skipped" else e.get("win_rate")
+
+    recent = [e for e in iterations_log if rate(e) is not None or e.get("status") != "accepted"][-k:]
+    if k < 1 or len(recent) < k:
+        return None
+    first = recent[0].get("iteration", 0)
+    if last_update_iteration is not None and last_update_iteration >= first:
+        return None
+    won = [e for e in recent if e.get("status") == "accepted" and rate(e) is not None and rate(e) > 0.5 + margin]
+    if won:
+        return None
+    rates = ", ".join("n/a" if rate(e) is None else f"{rate(e):.2f}" for e in recent)
+    return (f"plateau: no oracle win rate above {0.5 + margin:.2f} in the last {k} iterations ({rates}; "
+            "loop.rm_update_plateau)")
 
 
 class RMUpdatePolicy:

@@ -17,7 +17,7 @@ import pandas as pd
 from ..control.detectors import Verdict, build_detectors
 from ..control.gate import Gate, GateDecision, apply_remedies
 from ..control.kl_controller import BetaSchedule, KLController, LRSchedule, make_kl_controller
-from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se
+from ..control.rm_update_policy import RMUpdatePolicy, accept_new_rm, paired_accuracy_se, plateau
 from ..artifacts import write_json_atomic, write_table
 from ..generation import generate
 from ..labelers import make_labeler
@@ -166,10 +166,16 @@ def rm_update(ctx) -> None:
         del model
         disagree = float(wrong.mean())
         ctx.metrics["rm_fresh_disagreement"] = disagree
-    forced = s.force_rm_refresh or first or (disagree is not None and disagree > lp.rm_update_disagreement)
+    stalled = None if lp.rm_update_plateau is None or first else plateau(
+        s.iterations_log, lp.rm_update_plateau, lp.rm_update_plateau_margin, policy.last_update_iteration)
+    forced = (s.force_rm_refresh or first or (disagree is not None and disagree > lp.rm_update_disagreement)
+              or stalled is not None)
     due, reason = policy.should_update(ctx.iteration, policy.kl_since_last(kl_now), forced=forced)
     if first:
         reason = "first reward model (no warm-up)"
+    elif due and stalled and not s.force_rm_refresh and not (disagree is not None
+                                                              and disagree > lp.rm_update_disagreement):
+        reason = stalled
     elif due and disagree is not None and disagree > lp.rm_update_disagreement and not s.force_rm_refresh:
         reason = (f"adversarial: the RM ranks {disagree:.0%} of the fresh {lp.labeler} labels the other way "
                   f"(> loop.rm_update_disagreement={lp.rm_update_disagreement:g})")
@@ -255,7 +261,7 @@ def new_kl_controller(cfg) -> KLController:
 
 
 def policy_update(ctx) -> None:
-    """PPO against the RM with beta from the KL controller, or DPO on the pairs: a candidate policy."""
+    """PPO, RLOO or GRPO against the RM with beta from the KL controller, or DPO on the pairs: a candidate policy."""
     cfg, s = ctx.cfg, ctx.state
     lp, n_iter = cfg.loop, max(1, cfg.loop.iterations)
     kl = KLController.from_state_dict(s.kl_state)
@@ -265,13 +271,24 @@ def policy_update(ctx) -> None:
     s.work.beta, s.work.lr_scale = beta, lr_scale
     out, extra = ctx.dir / "policy", {"beta": beta, "lr_scale": lr_scale}
     try:
-        if lp.policy_update == "ppo":
+        if lp.policy_update in ("ppo", "rloo", "grpo"):  # online RL against the reward model
             if s.rm is None:
                 raise AbandonIteration(f"no reward model yet: iteration {ctx.iteration} gave too few labelled "
                                        "pairs to train the first one", metrics={"skipped": 1.0})
             extra.update(ensemble_reduce=lp.ensemble_reduce, ensemble_lambda=lp.ensemble_lambda)
-            meta = train_stage(ctx, "ppo", inputs={"policy": s.policy, "ref": s.ref, "reward_model": s.rm,
-                               "data": s.work.prompts}, output=out, extra=extra)
+            meta = train_stage(ctx, str(lp.policy_update), inputs={"policy": s.policy, "ref": s.ref,
+                               "reward_model": s.rm, "data": s.work.prompts}, output=out, extra=extra)
+        elif lp.policy_update == "rejection_sampling":  # SFT on the RM's best collected completion per prompt
+            if s.rm is None:
+                raise AbandonIteration(f"no reward model yet: iteration {ctx.iteration} gave too few labelled "
+                                       "pairs to train the first one", metrics={"skipped": 1.0})
+            best = best_of_n(pd.read_parquet(s.work.completions), s.rm, lp.ensemble_reduce, lp.ensemble_lambda,
+                             cfg.model.trust_remote_code)
+            data = write_table(best, ctx.dir / "best_of_n.parquet")
+            ctx.metrics.update(best_of_n_score=float(best["rm_score"].mean()), best_of_n_ended=float(best["ended"].mean()),
+                               best_of_n_prompts=len(best))
+            meta = train_stage(ctx, "rejection_sampling", inputs={"policy": s.policy, "data": str(data)}, output=out,
+                               extra=extra)
         else:
             data = s.data["offline_pairs"] if lp.dpo_data == "offline" else s.work.pairs
             meta = train_stage(ctx, "dpo", inputs={"policy": s.policy, "ref": s.ref, "data": data}, output=out,
@@ -280,6 +297,28 @@ def policy_update(ctx) -> None:
         raise AbandonIteration(f"policy update diverged: {e}", metrics={"diverged": 1.0}) from e
     s.work.candidate = ctx.artifact("checkpoint", out)
     ctx.metrics.update({**scalars(meta["metrics"]), "beta": beta, "lr_scale": lr_scale, "wall_s": meta["wall_s"]})
+
+
+def best_of_n(completions: pd.DataFrame, rm, reduce: str, lam: float, trust_remote_code: bool = False) -> pd.DataFrame:
+    """Per prompt, the collected completion the reward model (an ensemble reduced as in PPO) scores best;
+    a completion that ended with EOS beats one cut off at the length limit whatever their scores (PPO
+    penalises the latter; SFT on it would teach the policy not to stop). Empty completions never win
+    over a non-empty one."""
+    import torch
+
+    from ..scoring import member_scores, reduce_scores
+
+    model, tok = load_scorer(rm, trust_remote_code)
+    with torch.no_grad():
+        scores = member_scores(model, tok, completions["prompt"].tolist(), completions["completion"].tolist())
+        reward = reduce_scores(torch.from_numpy(scores), reduce, lam).numpy()
+    del model
+    df = completions.assign(rm_score=reward.astype(float), _ended=completions["ended"].astype(bool),
+                            _nonempty=~completions["empty"].astype(bool))
+    df = df.sort_values(["prompt_id", "_nonempty", "_ended", "rm_score"], ascending=[True, False, False, False],
+                        kind="stable")
+    best = df.groupby("prompt_id", sort=False).head(1).drop(columns=["_ended", "_nonempty"])
+    return best.reset_index(drop=True)
 
 
 def evaluate(ctx) -> None:

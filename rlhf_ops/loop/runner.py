@@ -39,9 +39,11 @@ def _console(ctx) -> None:
     tag = _tag(ctx)
     if ctx.step == "gate" and ctx.iteration_status:
         e = ctx.iteration_status["summary"]
+        # a skipped head-to-head's win rate (a judge that called everything a tie: 0.5) is no figure
+        win = "skipped" if e.get("h2h_decision") == "skipped" else _f(e["win_rate"])
         why = "" if e["status"] == "accepted" else f" ({'; '.join(e['reasons'])}; remedy: {', '.join(e.get('remedies', [])) or 'none'})"
         console.echo(f"[{tag}] {e['status'].upper():11s} gold={_f(e['gold'], none='n/a')} proxy={_f(e['proxy'])} "
-                     f"kl={_f(e['kl'])} len={_f(e['length'], 1)} beta={_f(e['beta'])} win={_f(e['win_rate'])}{why}")
+                     f"kl={_f(e['kl'])} len={_f(e['length'], 1)} beta={_f(e['beta'])} win={win}{why}")
     else:
         m = ctx.metrics
         keys = [k for k in ("gold", "proxy", "kl", "heldout_accuracy", "final_loss", "n_pairs", "rm_updated",

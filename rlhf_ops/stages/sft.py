@@ -31,14 +31,14 @@ def train(spec: dict) -> dict:
     tokenizer = load_tokenizer(inputs["policy"], trc)
     model = load_policy(inputs["policy"], trc)
     df = read_rendered(inputs["data"], "sft", tokenizer)
-    trainer = build_trainer(SFTTrainer, SFTConfig, trl_kwargs("sft", cfg, **trainer_kwargs(spec, cfg)), model,
-                            tokenizer, df[list(COLUMNS)])
+    trainer = build_trainer(SFTTrainer, SFTConfig, trl_kwargs(spec["stage"], cfg, **trainer_kwargs(spec, cfg)), model,
+                            tokenizer, df[list(COLUMNS)], stage=spec["stage"])
     quiet(trainer, spec)
     out = fit(trainer)
     metrics = log_history_metrics(trainer)
     metrics["train_loss"] = float(out.training_loss)
     metrics["n_examples"] = len(df)
-    check_finite_loss(metrics, "sft")
+    check_finite_loss(metrics, spec["stage"])
     save_trained(trainer, tokenizer, spec["tmp_dir"])
     drop_trainer_dir(spec)
     return metrics

@@ -57,7 +57,8 @@ def prepare(df, tokenizer, args) -> dict[str, list]:
     return {"input_ids": full_ids, "labels": labels}
 
 
-def build_trainer(trainer_cls, config_cls, config_kwargs: dict, model, tokenizer, df, **trainer_kw):
+def build_trainer(trainer_cls, config_cls, config_kwargs: dict, model, tokenizer, df, stage: str = "sft",
+                  **trainer_kw):
     """An SFTTrainer on `df` (prompt/completion strings), its dataset prepared batched where that is
     TRL's own preparation (checked on the first rows), else by TRL."""
     from datasets import Dataset
@@ -70,12 +71,12 @@ def build_trainer(trainer_cls, config_cls, config_kwargs: dict, model, tokenizer
     args = config_cls(**dict(config_kwargs, dataset_kwargs=dk))
     prepared = prepare(df, tokenizer, plain)
     if not prepared["input_ids"]:
-        raise ValueError(f"stage.sft.max_length={plain.max_length}: the prompt alone fills it in every one of the "
+        raise ValueError(f"stage.{stage}.max_length={plain.max_length}: the prompt alone fills it in every one of the "
                          f"{len(df)} SFT rows (truncation_mode={plain.truncation_mode}), so no completion token is "
                          "left to train on; raise max_length or shorten the prompts")
     if len(prepared["input_ids"]) < len(df):
-        log.warning("SFT data: %d of %d rows dropped, their prompt alone fills stage.sft.max_length=%s",
-                    len(df) - len(prepared["input_ids"]), len(df), plain.max_length)
+        log.warning("SFT data: %d of %d rows dropped, their prompt alone fills stage.%s.max_length=%s",
+                    len(df) - len(prepared["input_ids"]), len(df), stage, plain.max_length)
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_dict(prepared),
                           processing_class=tokenizer, **trainer_kw)
     if _matches_trl(trainer, plain, tokenizer, df):

@@ -13,7 +13,8 @@ import dataclasses
 import functools
 
 # Keys of our stage schemas that are not TRL fields: read by rlhf_ops itself.
-OURS = {"sft": set(), "reward": {"ensemble_size", "bootstrap", "eval_fraction"}, "ppo": set(), "dpo": set()}
+OURS = {"sft": set(), "reward": {"ensemble_size", "bootstrap", "eval_fraction"}, "ppo": set(), "dpo": set(),
+        "rloo": {"missing_eos_penalty"}, "grpo": {"missing_eos_penalty"}, "rejection_sampling": set()}
 COMMON = {"trl"}  # the pass-through of other TRL fields
 
 
@@ -33,7 +34,8 @@ def trl_class(stage: str):
             return PPOConfig
         import trl
 
-        return {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig}[stage]
+        return {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig, "rloo": trl.RLOOConfig,
+                "grpo": trl.GRPOConfig, "rejection_sampling": trl.SFTConfig}[stage]
 
 
 def trl_fields(stage: str) -> set[str]:
@@ -46,7 +48,8 @@ def schema_fields(stage: str) -> set[str]:
     from .. import config
 
     cls = {"sft": config.SFTStageConfig, "reward": config.RewardStageConfig, "ppo": config.PPOStageConfig,
-           "dpo": config.DPOStageConfig}[stage]
+           "dpo": config.DPOStageConfig, "rloo": config.GroupRLStageConfig, "grpo": config.GroupRLStageConfig,
+           "rejection_sampling": config.SFTStageConfig}[stage]
     return {f.name for f in dataclasses.fields(cls)}
 
 

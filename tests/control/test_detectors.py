@@ -200,3 +200,24 @@ def test_length_drift_without_gold_is_excused_by_the_oracles_length_controlled_w
     v = d.check({**longer, "win_rate_lc": 0.45, "h2h_decision": "pass"}, base, [base])
     assert v.fired and "length-controlled win rate 0.45" in v.reason
     assert d.check({**longer, "win_rate_lc": 0.9, "h2h_decision": "skipped"}, base, [base]).fired
+
+
+def test_plateau_fires_when_no_recent_iteration_won_and_the_rm_was_not_refreshed_meanwhile():
+    from rlhf_ops.control.rm_update_policy import plateau
+
+    def e(i, wr, status="accepted"):
+        return {"iteration": i, "win_rate": wr, "status": status}
+
+    log = [e(0, 0.70), e(1, 0.51), e(2, None, "rejected"), e(3, 0.49)]
+    why = plateau(log, 3, 0.02, last_update_iteration=0)
+    assert why and "last 3 iterations (0.51, n/a, 0.49" in why
+    assert plateau(log, 4, 0.02, last_update_iteration=0) is None, "iteration 0 won by 0.20"
+    assert plateau(log, 3, 0.02, last_update_iteration=2) is None, "refreshed within the window: give it time"
+    assert plateau(log, 3, 0.01, last_update_iteration=None) is not None  # 0.51 is not above 0.51
+    assert plateau(log, 3, 0.0, last_update_iteration=None) is None  # 0.51 is above 0.50
+    assert plateau([e(0, 0.60), e(1, 0.60), e(2, 0.60)], 3, 0.10, None) is not None, "0.60 is not above 0.60"
+    assert plateau([e(0, 0.60), e(1, 0.60), e(2, 0.60)], 3, 0.02, None) is None
+    assert plateau([e(0, 0.9, "rejected")], 1, 0.02, None) is not None, "a rejected candidate did not win"
+    assert plateau([e(0, None), e(1, None)], 1, 0.02, None) is None, "no oracle: no evidence of a plateau"
+    skipped = dict(e(0, 0.5), h2h_decision="skipped")
+    assert plateau([skipped], 1, 0.02, None) is None, "a judge that called every comparison a tie measured nothing"
