@@ -231,3 +231,23 @@ def test_a_byte_order_mark_is_accepted_and_a_latin1_byte_names_its_line(tmp_path
     assert len(td.train_prompts) + len(td.eval_prompts) == 6 and td.train_prompts["prompt"].iloc[0].startswith("Prompt")
     with pytest.raises(Exception, match=r"prompts.jsonl.*line 7: not UTF-8 text"):
         _task(tmp_path, [], raw=rows + '{"prompt": "caf\xe9"}\n'.encode("latin-1")).load(0)
+
+
+def test_the_shipped_instruction_set_is_what_its_script_writes_and_reads_as_user_data(tmp_path):
+    """data/instructions/ (the SmolLM2 experiment's prompts and anchors) is scripts/make_instructions.py's
+    output, 300 distinct instructions and 24 anchors, and reads through the files task's own readers."""
+    import importlib.util
+
+    from rlhf_ops.formats import normalize_prompts, normalize_sft, read_any
+
+    spec = importlib.util.spec_from_file_location("make_instructions", REPO / "scripts" / "make_instructions.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shipped = REPO / "data" / "instructions"
+    for name, rows in (("prompts.jsonl", mod.prompts()), ("anchors.jsonl", mod.anchors())):
+        want = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        assert (shipped / name).read_text(encoding="utf-8") == want, f"rerun scripts/make_instructions.py ({name})"
+    prompts = normalize_prompts(read_any(str(shipped / "prompts.jsonl"), "prompts"), shipped / "prompts.jsonl")
+    assert len(prompts) == 300 and prompts["prompt"].map(json.dumps).is_unique
+    anchors = normalize_sft(read_any(str(shipped / "anchors.jsonl"), "SFT"), shipped / "anchors.jsonl")
+    assert len(anchors) == 24
