@@ -90,12 +90,11 @@ def _write(df, path: str) -> None:
 def _run(args) -> int:
     import numpy as np
     import pandas as pd
-    import torch
 
     from .formats import read_rendered
     from .generation import generate
     from .models import load_tokenizer
-    from .scoring import load_scorer, member_scores, reduce_scores
+    from .scoring import best_per_prompt, load_scorer, reward_scores
 
     tok = load_tokenizer(args.policy, args.trust_remote_code)
     prompts = read_rendered(args.prompts, "prompts", tok)
@@ -104,9 +103,8 @@ def _run(args) -> int:
     samples = generate(args.policy, texts, args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        seed=args.seed, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     model, rm_tok = load_scorer(args.reward_model, args.trust_remote_code)
-    with torch.no_grad():
-        scores = member_scores(model, rm_tok, samples.prompts, samples.completions, batch_size=args.batch_size)
-        reward = reduce_scores(torch.from_numpy(scores), args.reduce, args.ensemble_lambda).numpy().astype(float)
+    reward = reward_scores(model, rm_tok, samples.prompts, samples.completions, args.reduce, args.ensemble_lambda,
+                           batch_size=args.batch_size)
     if not np.isfinite(reward).all():
         raise ValueError(f"--reward-model {args.reward_model}: {int((~np.isfinite(reward)).sum())} non-finite scores")
     every = pd.DataFrame({"prompt_index": samples.prompt_index, "prompt": samples.prompts,
@@ -114,9 +112,7 @@ def _run(args) -> int:
                           "completion": samples.completions, "score": reward, "ended": samples.ended,
                           "n_tokens": samples.n_tokens})
     every["sample"] = every.groupby("prompt_index").cumcount()
-    ranked = every.assign(_nonempty=every["completion"].str.len() > 0).sort_values(
-        ["prompt_index", "_nonempty", "ended", "score"], ascending=[True, False, False, False], kind="stable")
-    best = ranked.groupby("prompt_index", sort=True).head(1).drop(columns=["_nonempty"]).set_index("prompt_index")
+    best = best_per_prompt(every, "prompt_index", "score").set_index("prompt_index")
     stats = every.groupby("prompt_index")["score"].agg(["mean", "max"])
     best = best.assign(n=args.n, mean_score_of_n=stats["mean"], max_score_of_n=stats["max"]).reset_index()
     _write(best, args.out)

@@ -105,6 +105,24 @@ def member_scores(model: nn.Module, tokenizer, prompts: list[str], completions: 
     return np.concatenate(out, axis=0) if out else np.zeros((0, 1))
 
 
+def reward_scores(model: nn.Module, tokenizer, prompts: list[str], completions: list[str], reduce: str = "mean",
+                  lam: float = 1.0, batch_size: int = 64, max_length: int = 256) -> np.ndarray:
+    """One reward per prompt+completion: member_scores reduced over an ensemble's members (as PPO's)."""
+    with torch.no_grad():
+        scores = member_scores(model, tokenizer, prompts, completions, batch_size=batch_size, max_length=max_length)
+        return reduce_scores(torch.from_numpy(scores), reduce, lam).numpy().astype(float)
+
+
+def best_per_prompt(df, key: str, score: str = "rm_score"):
+    """Per `key` group, the row with the highest `score` among those that ended with EOS and are not
+    empty (one cut off at the length limit, or empty, wins only where nothing else is left): the
+    selection of rejection sampling and of best-of-n at inference time."""
+    ranked = df.assign(_nonempty=df["completion"].astype(str).str.len() > 0, _ended=df["ended"].astype(bool))
+    ranked = ranked.sort_values([key, "_nonempty", "_ended", score], ascending=[True, False, False, False],
+                                kind="stable")
+    return ranked.groupby(key, sort=True).head(1).drop(columns=["_nonempty", "_ended"]).reset_index(drop=True)
+
+
 def pair_correct(model, tokenizer, prompts, chosen, rejected, batch_size: int = 64) -> np.ndarray:
     """Per pair: does the (mean) reward of chosen exceed rejected's?"""
     if not len(prompts):

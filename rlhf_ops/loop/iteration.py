@@ -24,7 +24,7 @@ from ..labelers import make_labeler
 from ..labelers.judge import JudgeLabeler
 from ..labelers.reward_model import NonFiniteRewardError
 from ..pairs import with_gold
-from ..scoring import load_scorer, pair_correct
+from ..scoring import best_per_prompt, load_scorer, pair_correct, reward_scores
 from ..tasks import make_task
 from .common import evaluate_into, scalars, task_gold, train_stage
 from .judging import gate_oracle, judge_head_to_head
@@ -301,24 +301,12 @@ def policy_update(ctx) -> None:
 
 def best_of_n(completions: pd.DataFrame, rm, reduce: str, lam: float, trust_remote_code: bool = False) -> pd.DataFrame:
     """Per prompt, the collected completion the reward model (an ensemble reduced as in PPO) scores best;
-    a completion that ended with EOS beats one cut off at the length limit whatever their scores (PPO
-    penalises the latter; SFT on it would teach the policy not to stop). Empty completions never win
-    over a non-empty one."""
-    import torch
-
-    from ..scoring import member_scores, reduce_scores
-
+    one that ended with EOS beats one cut off at the length limit whatever their scores (PPO penalises
+    the latter; SFT on it would teach the policy not to stop), and an empty one never wins."""
     model, tok = load_scorer(rm, trust_remote_code)
-    with torch.no_grad():
-        scores = member_scores(model, tok, completions["prompt"].tolist(), completions["completion"].tolist())
-        reward = reduce_scores(torch.from_numpy(scores), reduce, lam).numpy()
+    reward = reward_scores(model, tok, completions["prompt"].tolist(), completions["completion"].tolist(), reduce, lam)
     del model
-    df = completions.assign(rm_score=reward.astype(float), _ended=completions["ended"].astype(bool),
-                            _nonempty=~completions["empty"].astype(bool))
-    df = df.sort_values(["prompt_id", "_nonempty", "_ended", "rm_score"], ascending=[True, False, False, False],
-                        kind="stable")
-    best = df.groupby("prompt_id", sort=False).head(1).drop(columns=["_ended", "_nonempty"])
-    return best.reset_index(drop=True)
+    return best_per_prompt(completions.assign(rm_score=reward), "prompt_id")
 
 
 def evaluate(ctx) -> None:

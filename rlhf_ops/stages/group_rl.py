@@ -26,11 +26,10 @@ import numpy as np
 
 from ..artifacts import InputError
 from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_tokenizer
-from ..scoring import load_reward_model, member_scores, reduce_scores
+from ..scoring import load_reward_model, reward_scores
 from .common import check_finite_loss, drop_trainer_dir, fit, log_history_metrics, quiet, require, save_trained, \
     trainer_kwargs
-from ..formats import read_rendered
-from .ppo import check_prompt_lengths
+from .ppo import max_prompt_tokens, read_prompts
 from .trl_args import trl_kwargs
 
 log = logging.getLogger(__name__)
@@ -46,16 +45,7 @@ def resolve_inputs(spec: dict) -> dict:
 
 
 def _max_prompt_tokens(policy_dir, cfg) -> int:
-    from transformers import AutoConfig
-
-    mpe = getattr(AutoConfig.from_pretrained(str(policy_dir)), "max_position_embeddings", 2048)
-    return mpe - cfg["max_completion_length"]
-
-
-def read_prompts(path, tokenizer, max_prompt_tokens: int) -> list[str]:
-    prompts = read_rendered(path, "prompts", tokenizer)["prompt"].tolist()
-    check_prompt_lengths(prompts, tokenizer, max_prompt_tokens, path)
-    return prompts
+    return max_prompt_tokens(policy_dir, cfg["max_completion_length"])
 
 
 def validate(spec: dict) -> None:
@@ -85,12 +75,8 @@ class RewardFunction:
         self.__name__ = "reward_model"  # TRL names the logged reward after the function
 
     def __call__(self, prompts, completions, completion_ids=None, **_) -> list[float]:
-        import torch
-
-        with torch.no_grad():
-            scores = member_scores(self.model, self.tokenizer, list(prompts), list(completions),
-                                   max_length=self.max_length)
-            reward = reduce_scores(torch.from_numpy(scores), self.reduce, self.lam).numpy().astype(float)
+        reward = reward_scores(self.model, self.tokenizer, list(prompts), list(completions), self.reduce, self.lam,
+                               max_length=self.max_length)
         if self.penalty is not None and completion_ids is not None:
             eos = self.tokenizer.eos_token_id
             ended = np.array([eos in ids for ids in completion_ids])

@@ -81,11 +81,16 @@ def validate(spec: dict) -> None:
     read_prompts(inputs["data"], tok, _max_prompt_tokens(inputs["policy"], spec["cfg"]))
 
 
-def _max_prompt_tokens(policy_dir, cfg) -> int:
+def max_prompt_tokens(policy_dir, new_tokens: int) -> int:
+    """The longest prompt that leaves room for `new_tokens` in the model's context."""
     from transformers import AutoConfig
 
     mpe = getattr(AutoConfig.from_pretrained(str(policy_dir)), "max_position_embeddings", 2048)
-    return mpe - cfg["response_length"]
+    return mpe - new_tokens
+
+
+def _max_prompt_tokens(policy_dir, cfg) -> int:
+    return max_prompt_tokens(policy_dir, cfg["response_length"])
 
 
 def train(spec: dict) -> dict:
