@@ -63,7 +63,9 @@ def accelerate_command(launcher: dict, spec_path: Path) -> list[str]:
     if launcher.get("deepspeed"):
         cmd += ["--use_deepspeed", "--deepspeed_config_file", resolve_deepspeed(launcher["deepspeed"])]
     elif int(launcher.get("num_processes", 1)) > 1:
-        cmd += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu", "--multi_gpu"]
+        # On a CPU too: accelerate refuses --cpu with --multi_gpu, and --cpu alone starts one process; its
+        # multi-GPU launcher is torchrun, and in workers without CUDA the Accelerator runs MULTI_CPU (gloo).
+        cmd += ["--multi_gpu"]
     cmd += list(launcher.get("extra_args", []))
     cmd += ["-m", "rlhf_ops.stages.worker", str(spec_path)]
     return cmd

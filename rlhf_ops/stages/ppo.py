@@ -115,8 +115,11 @@ def train(spec: dict) -> dict:
         m.config.pad_token_id = tokenizer.pad_token_id
 
     # In the loop, kl_coef is loop.kl.beta through the KL controller (spec["beta"]); alone, stage.ppo.kl_coef.
+    # world_size: PPOConfig declares it as a field (None until PPOTrainer sets it), which hides TrainingArguments'
+    # property of that name, and transformers' DeepSpeed set-up multiplies it while the config is built
+    # (TypeError: NoneType * int under launcher=zero2/zero3); the launcher's WORLD_SIZE is the value TRL sets.
     args = PPOConfig(**trl_kwargs("ppo", cfg, **trainer_kwargs(spec, cfg), kl_coef=spec.get("beta", cfg["kl_coef"]),
-                                  stop_token="eos", num_sample_generations=0))
+                                  stop_token="eos", num_sample_generations=0, world_size=n_procs))
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=dataset)
     quiet(trainer, spec)
@@ -127,6 +130,27 @@ def train(spec: dict) -> dict:
     for key in ("loss/policy_avg", "objective/kl", "objective/scores"):
         if key in metrics:
             check_finite_loss({"final_loss": metrics[key]}, f"ppo ({key})")
-    save_trained(trainer, tokenizer, spec["tmp_dir"])
+    if n_procs > 1 or spec.get("deepspeed"):
+        save_distributed_policy(trainer, tokenizer, spec["tmp_dir"])
+    else:
+        save_trained(trainer, tokenizer, spec["tmp_dir"])
     drop_trainer_dir(spec)
     return metrics
+
+
+def save_distributed_policy(trainer, tokenizer, out_dir) -> None:
+    """The policy alone, from a PPO trainer under DDP or DeepSpeed. TRL 1.12's PPOTrainer.save_model looks
+    for `.policy` on the wrapped model (DistributedDataParallel / DeepSpeedEngine have none, so it saves
+    policy and value model together and safetensors refuses their shared tensors) and hands the policy to
+    transformers as the DeepSpeed engine (AttributeError on `config.get`). Here the state dict is gathered
+    by accelerate (the full weights under ZeRO-3, `stage3_gather_16bit_weights_on_model_save`), the policy's
+    keys kept, and the main process writes them as safetensors."""
+    acc = trainer.accelerator
+    state = acc.get_state_dict(trainer.model)
+    policy = acc.unwrap_model(trainer.model).policy
+    if acc.is_main_process:
+        prefix = "policy."
+        policy.save_pretrained(str(out_dir), state_dict={k[len(prefix):]: v for k, v in state.items()
+                                                         if k.startswith(prefix)}, safe_serialization=True)
+        tokenizer.save_pretrained(str(out_dir))
+    acc.wait_for_everyone()
