@@ -28,8 +28,8 @@ sqrt(KL_bon), by least squares and writes ROOT/bon.json.
 over SFT, the final KL, the gain's ratio to the frontier's at the same KL, the per-iteration gold against
 sqrt(KL), and the wall time per iteration.
 
-Status: written, not yet run end to end; `bon` reads the run dir's config.yaml and summary.json
-"setup_state" (policy, rm, prompts_gold_eval), whose keys have not been checked against a finished run.
+Status: written, not yet run end to end; `bon` reads the run dir's config.yaml, summary.json's
+outputs.sft_policy and setup's rm/ and prompts_gold_eval.parquet (found by glob), unchecked on a finished run.
 No figure in docs/ comes from this script yet.
 """
 
@@ -123,10 +123,19 @@ def bon(root: Path, seed: int, n: int) -> None:
 
     run_dir = root / f"ppo_s{seed}"
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    state = json.loads((run_dir / "summary.json").read_text())["setup_state"]
-    sft, rm = state["policy"], state["rm"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sft = summary["outputs"]["sft_policy"]
+    sft = str(run_dir / sft) if not Path(sft).is_absolute() else sft  # the ledger keeps run-dir paths relative
+
+    def one(pattern: str) -> Path:  # setup's artifacts: the warm-up RM and the rendered eval prompts
+        hits = sorted(p for p in run_dir.glob(pattern) if "iter_" not in str(p.relative_to(run_dir)))
+        if not hits:
+            raise SystemExit(f"science_table bon: nothing matches {run_dir}/{pattern} outside iter_*")
+        return hits[0]
+
+    rm = str(one("**/rm"))
     task = make_task(cfg.task)
-    prompts = read_table(Path(state["prompts_gold_eval"]))
+    prompts = read_table(one("**/prompts_gold_eval.parquet"))
     src = dict(zip(prompts["prompt"], prompts.get("prompt_source", prompts["prompt"])))
     temp = cfg.loop.eval_temperature or cfg.stage.ppo.temperature
     max_new = cfg.stage.ppo.response_length
