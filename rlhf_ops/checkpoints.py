@@ -91,6 +91,13 @@ def check_checkpoint_dir(path: str | Path, what: str, *, tokenizer: bool = False
         for m in members:
             check_checkpoint_dir(path / m, f"{what} ensemble member '{m}'", tokenizer=tokenizer)
         return path
+    from .lora import ADAPTER_CONFIG, check_adapter_dir
+
+    if (path / ADAPTER_CONFIG).is_file():  # a LoRA adapter: its files and its base (rlhf_ops.lora)
+        check_adapter_dir(path, what)
+        if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise InputError(f"{what} checkpoint {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+        return path
     if not (path / "config.json").is_file():
         raise InputError(f"{what} checkpoint {path} has no config.json")
     try:

@@ -87,6 +87,26 @@ class GateTest(Choice):
     sequential = "sequential"; fixed = "fixed"  # noqa: E702
 
 
+class GenerationBackend(Choice):
+    hf = "hf"; vllm = "vllm"  # noqa: E702
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters through peft (rlhf_ops/lora.py): the policy's adapter adapts the reference, which is the
+    base with the adapter disabled (no second copy); checkpoints are adapters; SFT's is merged."""
+
+    # Rank of the adapters; 0 = off (full fine-tuning).
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Module names to adapt (q_proj, v_proj, ...), or ["all-linear"] (every linear layer but the output).
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # Which models get adapters: the policy (SFT, every policy update) and the reward model (warm-up, refreshes).
+    policy: bool = True
+    reward_model: bool = True
+
+
 
 @dataclass
 class ModelConfig:
@@ -112,6 +132,21 @@ class ModelConfig:
     # Render text prompts with the tokenizer's chat template when it has one (conversational
     # prompts always are).
     apply_chat_template: bool = True
+    # LoRA adapters instead of full fine-tuning (model.lora.r > 0).
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+@dataclass
+class GenerationConfig:
+    """How collect and evaluate sample from a policy (rlhf_ops/generation.py)."""
+
+    # hf (transformers' generate; CPU or GPU) | vllm (a vLLM engine; needs CUDA and `pip install vllm`, the
+    # versions TRL supports). With vllm, RLOO and GRPO also generate with vLLM (TRL's use_vllm, colocated).
+    backend: GenerationBackend = GenerationBackend.hf
+    # vLLM: share of the GPU's memory its engine may take (the trainer needs the rest).
+    gpu_memory_utilization: float = 0.3
+    # vLLM: tensor-parallel degree of the engine.
+    tensor_parallel_size: int = 1
 
 
 @dataclass
@@ -499,6 +534,7 @@ class RunConfig:
     # default it goes to a log file per step (RUN_DIR/logs/) and the console has one line per step.
     verbose: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     # A task's own schema (ReviewsTaskConfig, FilesTaskConfig: conf/task/*.yaml picks one).
     task: Any = MISSING
     stage: StagesConfig = field(default_factory=StagesConfig)

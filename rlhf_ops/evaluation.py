@@ -76,6 +76,32 @@ def anchor_metrics(model, tok, prompts: list[str], references: list[str], batch_
     return out
 
 
+class AdapterDisabled:
+    """The base of a peft model, called like a model: the same weights with the adapter switched off."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, **kwargs):
+        with self.model.disable_adapter():
+            return self.model(**kwargs)
+
+
+def policy_and_reference(policy_dir, ref_dir, trust_remote_code: bool = False):
+    """The policy, and the reference when it comes free: a LoRA policy whose base is the reference is loaded
+    once, unmerged, and the reference is it with the adapter disabled (no second copy in memory). Else
+    (policy, None): the caller loads the reference when it needs it."""
+    from .lora import adapter_base, is_adapter, same_path
+
+    if is_adapter(policy_dir) and same_path(adapter_base(policy_dir), ref_dir):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_policy(ref_dir, trust_remote_code), str(policy_dir))
+        model.eval()
+        return model, AdapterDisabled(model)
+    return load_policy(policy_dir, trust_remote_code), None
+
+
 def win_rate(new_gold: list[float], old_gold: list[float]) -> float:
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(new_gold, old_gold)]
     return float(np.mean(wins)) if wins else float("nan")
@@ -84,18 +110,18 @@ def win_rate(new_gold: list[float], old_gold: list[float]) -> float:
 def evaluate_policy(policy_dir: str, ref_dir: str, rm_dir: str | None, prompts: list[str], *, samples_per_prompt: int,
                     max_new_tokens: int, temperature: float, seed: int, baseline_samples: pd.DataFrame | None = None,
                     rescore_baseline: bool = False, fresh_pairs: pd.DataFrame | None = None, progress: bool = False,
-                    trust_remote_code: bool = False, gold=None, anchors: pd.DataFrame | None = None
-                    ) -> tuple[dict, pd.DataFrame]:
+                    trust_remote_code: bool = False, gold=None, anchors: pd.DataFrame | None = None,
+                    generation: dict | None = None) -> tuple[dict, pd.DataFrame]:
     """(metrics record, samples table). The sampling seed is fixed per call so that two policies
     are compared on the same prompts with the same random stream. `gold(prompt, completion)` is the
     task's gold reward, or None; `rm_dir` None means no reward model yet (no proxy). `rescore_baseline`:
     also score `baseline_samples` with this RM (`baseline_proxy`), reusing the loaded model. `anchors`
     (rendered prompt, completion): the capability anchors, scored with the same loaded policy."""
     tok = load_tokenizer(policy_dir, trust_remote_code)
-    policy = load_policy(policy_dir, trust_remote_code)
+    policy, ref = policy_and_reference(policy_dir, ref_dir, trust_remote_code)
     s = generate(policy_dir, prompts, samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                 seed=seed, progress=progress, model=policy, tokenizer=tok)
-    ref = load_policy(ref_dir, trust_remote_code)
+                 seed=seed, progress=progress, model=policy, tokenizer=tok, generation=generation)
+    ref = ref or load_policy(ref_dir, trust_remote_code)
     stats = sequence_stats(policy, ref, tok, s.prompts, s.response_ids, temperature=temperature)
     del ref
     if rm_dir:

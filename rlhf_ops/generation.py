@@ -38,8 +38,16 @@ def _progress(iterable, enabled: bool, desc: str):
 @torch.no_grad()
 def generate(policy_dir, prompts: list[str], n: int = 1, *, max_new_tokens: int = 48, temperature: float = 0.7,
              top_p: float = 1.0, seed: int = 0, batch_size: int = 64, progress: bool = False,
-             model=None, tokenizer=None, trust_remote_code: bool = False) -> Samples:
+             model=None, tokenizer=None, trust_remote_code: bool = False, generation: dict | None = None) -> Samples:
+    """n completions per prompt from the policy in `policy_dir` (or the loaded `model`). `generation`: the
+    config's generation group; backend=vllm samples with a vLLM engine (rlhf_ops.vllm_backend) instead."""
     tokenizer = tokenizer or load_tokenizer(policy_dir, trust_remote_code)
+    if generation and generation.get("backend") == "vllm" and policy_dir:
+        from .vllm_backend import generate_vllm
+
+        return generate_vllm(policy_dir, prompts, n, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, seed=seed, tokenizer=tokenizer, generation=generation,
+                             trust_remote_code=trust_remote_code)
     model = model or load_policy(policy_dir, trust_remote_code)
     model.eval()
     device = next(model.parameters()).device
@@ -60,15 +68,21 @@ def generate(policy_dir, prompts: list[str], n: int = 1, *, max_new_tokens: int 
         )
         resp = seqs[:, enc["input_ids"].shape[1]:].tolist()
         for (i, p), ids in zip(chunk, resp):
-            ended = eos in ids
-            ids = ids[: ids.index(eos) + 1] if ended else [t for t in ids if t != tokenizer.pad_token_id]
-            out.prompts.append(p)
-            out.prompt_index.append(i)
-            out.response_ids.append(ids)
-            out.n_tokens.append(len(ids))
-            out.ended.append(ended)
-            out.completions.append(tokenizer.decode(ids, skip_special_tokens=True))
+            add_sample(out, tokenizer, i, p, ids)
     return out
+
+
+def add_sample(out: Samples, tokenizer, index: int, prompt: str, ids: list[int]) -> None:
+    """One completion's token ids into `out`: cut after the first EOS (padding after it dropped)."""
+    eos = tokenizer.eos_token_id
+    ended = eos in ids
+    ids = ids[: ids.index(eos) + 1] if ended else [t for t in ids if t != tokenizer.pad_token_id]
+    out.prompts.append(prompt)
+    out.prompt_index.append(index)
+    out.response_ids.append(ids)
+    out.n_tokens.append(len(ids))
+    out.ended.append(ended)
+    out.completions.append(tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def right_padded(rows: list[tuple[list[int], list[int]]], pad_id: int):

@@ -91,8 +91,9 @@ def _launch(spec: dict, launcher: dict) -> dict:
 
 def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: int, launcher: dict | None = None,
               overwrite: bool = False, extra: dict | None = None, progress: bool = True,
-              trust_remote_code: bool = False) -> dict:
-    """Validate, train and atomically publish one stage. Returns the stage metadata."""
+              trust_remote_code: bool = False, lora: dict | None = None, generation: dict | None = None) -> dict:
+    """Validate, train and atomically publish one stage. Returns the stage metadata. `lora`: model.lora
+    (rlhf_ops.lora.stage_lora: None trains in full); `generation`: the config's generation group."""
     gcpolicy.release()  # start-up is over: what it left is long-lived
     module = stage_module(stage)
     launcher = dict(launcher or {})
@@ -103,7 +104,8 @@ def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: 
         "mixed_precision": launcher.get("mixed_precision", "no"),
         "deepspeed": resolve_deepspeed(launcher.get("deepspeed", "")),
         # Set when the stage's output goes to a log file rather than a console (rlhf_ops.console).
-        "log": str(console.current_log() or ""), **(extra or {}),
+        "log": str(console.current_log() or ""), "lora": lora, "generation": dict(generation or {}),
+        **(extra or {}),
     }
     check_output(output, overwrite)
     module.validate(spec)

@@ -25,6 +25,7 @@ from transformers import (
 
 from .artifacts import InputError
 from .checkpoints import ENSEMBLE_FILE, check_checkpoint_dir  # noqa: F401  (re-exported)
+from .lora import CAUSAL_LM, SEQ_CLS, is_adapter, merged, trainable
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -104,17 +105,38 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 
 def load_policy(path: str | Path, trust_remote_code: bool = False):
+    """A causal LM for inference; a LoRA adapter directory is loaded onto its base and merged."""
     path = check_checkpoint_dir(path, "policy")
+    if is_adapter(path):
+        return merged(path, lambda base: load_policy(base, trust_remote_code))
     return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
 
 
 def load_sequence_classifier(path: str | Path, trust_remote_code: bool = False, num_labels: int = 1):
     """A reward/value model: an existing classifier, or a causal LM's backbone with a fresh score head
-    (the usual way to start a reward model from the SFT policy)."""
+    (the usual way to start a reward model from the SFT policy); a LoRA reward model (its adapter and
+    score head) is loaded onto its base and merged."""
     path = check_checkpoint_dir(path, "reward/value model")
+    if is_adapter(path):
+        return merged(path, lambda base: load_sequence_classifier(base, trust_remote_code, num_labels))
     return AutoModelForSequenceClassification.from_pretrained(
         str(path), num_labels=num_labels, trust_remote_code=trust_remote_code, use_safetensors=True
     )
+
+
+def load_trainable_policy(path: str | Path, lora: dict | None, trust_remote_code: bool = False):
+    """The policy a stage trains: the full model, or with LoRA (`lora`: model.lora) a peft model, the
+    adapter in `path` continued or a fresh one on the full model in `path`."""
+    if not lora:
+        return load_policy(path, trust_remote_code)
+    return trainable(path, lora, CAUSAL_LM, lambda p: load_policy(p, trust_remote_code))
+
+
+def load_trainable_classifier(path: str | Path, lora: dict | None, trust_remote_code: bool = False):
+    """The reward model a stage trains (see load_trainable_policy); the score head trains in full."""
+    if not lora:
+        return load_sequence_classifier(path, trust_remote_code)
+    return trainable(path, lora, SEQ_CLS, lambda p: load_sequence_classifier(p, trust_remote_code))
 
 
 def reward_members(path: str | Path) -> list[Path]:

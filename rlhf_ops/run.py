@@ -85,6 +85,7 @@ def stop_on_signals():
 
 def run_one_stage(cfg: DictConfig) -> dict:
     from .launcher import run_stage
+    from .lora import stage_lora
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     io = plain["io"]
@@ -92,7 +93,8 @@ def run_one_stage(cfg: DictConfig) -> dict:
     with console.captured(stage_log_path(io["output"]), f"{cfg.job} -> {io['output']}"):
         meta = run_stage(cfg.job, cfg=plain["stage"][cfg.job], inputs=inputs, output=io["output"], seed=cfg.seed,
                          launcher=plain["launcher"], overwrite=cfg.overwrite, progress=cfg.progress,
-                         trust_remote_code=cfg.model.trust_remote_code)
+                         trust_remote_code=cfg.model.trust_remote_code,
+                         lora=stage_lora(plain["model"]["lora"], cfg.job), generation=plain["generation"])
     print(f"rlhf_ops: {cfg.job} finished in {meta['wall_s']}s; output: {io['output']}", flush=True)
     return meta
 

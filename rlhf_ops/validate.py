@@ -278,11 +278,56 @@ def validate_config(cfg) -> None:
         from .launcher import resolve_deepspeed
 
         resolve_deepspeed(cfg.launcher.deepspeed)
+    _lora(cfg)
+    _generation(cfg)
     if cfg.job in STAGES:
         if not cfg.io.output:
             raise ValueError(f"io.output: job={cfg.job} needs an output directory (io.output=PATH)")
         return
     _validate_loop(cfg)
+
+
+def _lora(cfg) -> None:
+    """model.lora: ranges, and every target module present in the model it will adapt (a name the model
+    lacks failed in the first stage, after the data was prepared; peft's message named no key)."""
+    lora = cfg.model.lora
+    _check(lora.r >= 0, "model.lora.r", lora.r, "must be >= 0 (0 = off: full fine-tuning)")
+    if lora.r == 0:
+        return
+    _check(_finite(lora.alpha) and lora.alpha > 0, "model.lora.alpha", lora.alpha, "must be a finite number > 0")
+    _check(_finite(lora.dropout) and 0 <= lora.dropout < 1, "model.lora.dropout", lora.dropout, "must be in [0, 1)")
+    _check(len(lora.target_modules) > 0, "model.lora.target_modules", list(lora.target_modules),
+           "must name at least one module (or [all-linear])")
+    if not (lora.policy or lora.reward_model):
+        raise ValueError(f"model.lora.r={lora.r} with model.lora.policy=false and model.lora.reward_model=false: "
+                         "no model gets an adapter; set model.lora.r=0 for full fine-tuning")
+    if cfg.job == "loop":
+        where = cfg.model.path or None
+    else:
+        where = cfg.io.reward_model if cfg.job == "reward" else cfg.io.policy
+    from .lora import check_target_modules
+
+    check_target_modules(list(lora.target_modules), where, cfg.model)
+
+
+def _generation(cfg) -> None:
+    """generation.backend=vllm needs CUDA and vLLM; said here, not when collect first samples."""
+    g = cfg.generation
+    _check(_finite(g.gpu_memory_utilization) and 0 < g.gpu_memory_utilization <= 1,
+           "generation.gpu_memory_utilization", g.gpu_memory_utilization, "must be in (0, 1]")
+    _check(g.tensor_parallel_size >= 1, "generation.tensor_parallel_size", g.tensor_parallel_size, "must be >= 1")
+    if g.backend != "vllm":
+        return
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("generation.backend=vllm needs a CUDA GPU, and torch sees none on this machine; use "
+                         "generation.backend=hf")
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("generation.backend=vllm: vllm is not installed; pip install 'rlhf_ops[vllm]' (the vLLM "
+                         "versions TRL supports), or use generation.backend=hf")
 
 
 def _model_json_object(path: Path) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 from ..artifacts import write_json_atomic, write_table
 from ..evaluation import evaluate_policy
 from ..launcher import run_stage
+from ..lora import stage_lora
 from ..tasks import gold_by_prompt, make_task
 
 
@@ -18,7 +19,8 @@ def train_stage(ctx, stage: str, *, inputs: dict, output: Path, extra: dict | No
     cfg = ctx.cfg
     return run_stage(stage, cfg=asdict(getattr(cfg.stage, stage)), inputs=inputs, output=output, extra=extra,
                      seed=cfg.seed, launcher=asdict(cfg.launcher), overwrite=False, progress=cfg.progress,
-                     trust_remote_code=cfg.model.trust_remote_code)
+                     trust_remote_code=cfg.model.trust_remote_code, lora=stage_lora(cfg.model.lora, stage),
+                     generation=asdict(cfg.generation))
 
 
 def eval_seed(cfg) -> int:
@@ -63,7 +65,7 @@ def evaluate_into(ctx, policy: str, rm: str | None, *, baseline_samples: str | N
         rescore_baseline=base is not None and rm is not None and baseline_proxy is None,
         fresh_pairs=pd.read_parquet(fresh_pairs) if fresh_pairs else None,
         progress=cfg.progress, trust_remote_code=cfg.model.trust_remote_code,
-        gold=gold_by_prompt(make_task(cfg.task), table),
+        gold=gold_by_prompt(make_task(cfg.task), table), generation=asdict(cfg.generation),
         anchors=pd.read_parquet(ctx.state.data["anchors"]) if "anchors" in ctx.state.data else None,
     )
     if base is not None and rm and baseline_proxy is not None:

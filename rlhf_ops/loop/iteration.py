@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,7 @@ def collect(ctx) -> None:
     rows = pool.iloc[[(s.cursor + i) % len(pool) for i in range(n)]].reset_index(drop=True)
     out = generate(s.policy, rows["prompt"].tolist(), lp.completions_per_prompt, max_new_tokens=ppo.response_length,
                    temperature=ppo.temperature, seed=cfg.seed * 100003 + ctx.iteration, progress=cfg.progress,
-                   trust_remote_code=cfg.model.trust_remote_code)
+                   trust_remote_code=cfg.model.trust_remote_code, generation=asdict(cfg.generation))
     df = pd.DataFrame({"prompt": out.prompts, "prompt_id": rows["prompt_id"].iloc[out.prompt_index].tolist(),
                        "completion": out.completions, "n_tokens": out.n_tokens, "ended": out.ended,
                        "iteration": ctx.iteration, "policy_checkpoint": s.policy})

@@ -25,9 +25,10 @@ import os
 import numpy as np
 
 from ..artifacts import InputError
-from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_tokenizer
+from ..lora import check_reference, drop_reference_adapter
+from ..models import check_checkpoint_dir, check_same_vocab, load_tokenizer, load_trainable_policy
 from ..scoring import load_reward_model, reward_scores
-from .common import check_finite_loss, drop_trainer_dir, fit, log_history_metrics, quiet, require, save_trained, \
+from .common import check_finite_loss, drop_trainer_dir, fit, log_history_metrics, quiet, require, save_policy, \
     trainer_kwargs
 from .ppo import max_prompt_tokens, read_prompts
 from .trl_args import trl_kwargs
@@ -54,6 +55,7 @@ def validate(spec: dict) -> None:
     trc = spec.get("trust_remote_code", False)
     for key in ("policy", "ref", "reward_model"):
         check_checkpoint_dir(inputs[key], key)
+    check_reference(spec)
     check_same_vocab(inputs["policy"], inputs["reward_model"], trc)
     tok = load_tokenizer(inputs["policy"], trc)
     read_prompts(inputs["data"], tok, _max_prompt_tokens(inputs["policy"], spec["cfg"]))
@@ -84,6 +86,17 @@ class RewardFunction:
         return reward.tolist()
 
 
+def vllm_kwargs(spec: dict) -> dict:
+    """generation.backend=vllm: TRL's own vLLM generation for RLOO / GRPO, colocated with training (one
+    process per GPU shares the device); any other of TRL's vllm_* fields passes through stage.<name>.trl."""
+    gen = spec.get("generation") or {}
+    if gen.get("backend") != "vllm":
+        return {}
+    return {"use_vllm": True, "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": gen.get("gpu_memory_utilization", 0.3),
+            "vllm_tensor_parallel_size": gen.get("tensor_parallel_size", 1)}
+
+
 def train(spec: dict) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import trl
@@ -97,16 +110,19 @@ def train(spec: dict) -> dict:
     tokenizer.padding_side = "left"
     prompts = read_prompts(inputs["data"], tokenizer, _max_prompt_tokens(inputs["policy"], cfg))
     dataset = Dataset.from_dict({"prompt": prompts})
-    policy = load_policy(inputs["policy"], trc)
+    policy = load_trainable_policy(inputs["policy"], spec.get("lora"), trc)
     reward = RewardFunction(inputs["reward_model"], load_tokenizer(inputs["reward_model"], trc),
                             spec.get("ensemble_reduce", "mean"), spec.get("ensemble_lambda", 1.0),
                             cfg.get("missing_eos_penalty"), trc,
                             max_length=_max_prompt_tokens(inputs["policy"], cfg) + cfg["max_completion_length"])
     # In the loop, beta is loop.kl.beta through the KL controller (spec["beta"]); alone, stage.<name>.beta.
     ours = {k: v for k, v in cfg.items() if k not in OURS}
-    args = config_cls(**trl_kwargs(name, ours, **trainer_kwargs(spec, cfg), beta=spec.get("beta", cfg["beta"])))
+    args = config_cls(**trl_kwargs(name, ours, **trainer_kwargs(spec, cfg),
+                                   **{k: v for k, v in vllm_kwargs(spec).items() if k not in (cfg.get("trl") or {})},
+                                   beta=spec.get("beta", cfg["beta"])))
     # TRL builds the reference from the path the model was loaded from (config._name_or_path): while the
-    # trainer is built, that path is the reference's, so the KL term is against io.ref.
+    # trainer is built, that path is the reference's, so the KL term is against io.ref. With LoRA TRL builds
+    # none: the reference is the base with the adapter disabled (drop_reference_adapter: not a copy of it).
     loaded_from = policy.config._name_or_path
     policy.config._name_or_path = str(inputs["ref"])
     try:
@@ -114,6 +130,7 @@ def train(spec: dict) -> dict:
                               processing_class=tokenizer)
     finally:
         policy.config._name_or_path = loaded_from
+    drop_reference_adapter(trainer.model)
     quiet(trainer, spec)
     fit(trainer)
     metrics = log_history_metrics(trainer)
@@ -123,6 +140,6 @@ def train(spec: dict) -> dict:
     metrics["beta"] = args.beta
     metrics["n_prompts"] = len(prompts)
     check_finite_loss(metrics, name)
-    save_trained(trainer, tokenizer, spec["tmp_dir"])
+    save_policy(trainer, tokenizer, spec)
     drop_trainer_dir(spec)
     return metrics

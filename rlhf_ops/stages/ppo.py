@@ -20,9 +20,11 @@ from datasets import Dataset
 
 from ..artifacts import InputError
 from ..formats import read_rendered
-from ..models import check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer, reward_members
+from ..lora import base_of, check_reference, save_adapter
+from ..models import (check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer,
+                      load_trainable_policy, reward_members)
 from ..scoring import load_reward_model
-from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
+from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_policy, trainer_kwargs
 from .trl_args import trl_kwargs
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def validate(spec: dict) -> None:
     trc = spec.get("trust_remote_code", False)
     for key in ("policy", "ref", "reward_model", "value_model"):
         check_checkpoint_dir(inputs[key], key)
+    check_reference(spec)
     tok = load_tokenizer(inputs["policy"], trc)
     if tok.pad_token_id == tok.eos_token_id:
         raise InputError(
@@ -85,7 +88,7 @@ def max_prompt_tokens(policy_dir, new_tokens: int) -> int:
     """The longest prompt that leaves room for `new_tokens` in the model's context."""
     from transformers import AutoConfig
 
-    mpe = getattr(AutoConfig.from_pretrained(str(policy_dir)), "max_position_embeddings", 2048)
+    mpe = getattr(AutoConfig.from_pretrained(str(base_of(policy_dir))), "max_position_embeddings", 2048)
     return mpe - new_tokens
 
 
@@ -106,8 +109,9 @@ def train(spec: dict) -> dict:
     prompts = fill_batch(prompts, cfg["per_device_train_batch_size"] * cfg["gradient_accumulation_steps"] * n_procs)
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]})
 
-    policy = load_policy(inputs["policy"], trc)
-    ref = load_policy(inputs["ref"], trc)
+    policy = load_trainable_policy(inputs["policy"], spec.get("lora"), trc)
+    # With LoRA the reference is the base with the adapter disabled (TRL's null_ref_context): no second copy.
+    ref = None if spec.get("lora") else load_policy(inputs["ref"], trc)
     value = load_sequence_classifier(inputs["value_model"], trc)
     reward = load_reward_model(inputs["reward_model"], spec.get("ensemble_reduce", "mean"),
                                spec.get("ensemble_lambda", 1.0), trc)
@@ -131,26 +135,29 @@ def train(spec: dict) -> dict:
         if key in metrics:
             check_finite_loss({"final_loss": metrics[key]}, f"ppo ({key})")
     if n_procs > 1 or spec.get("deepspeed"):
-        save_distributed_policy(trainer, tokenizer, spec["tmp_dir"])
+        save_distributed_policy(trainer, tokenizer, spec)
     else:
-        save_trained(trainer, tokenizer, spec["tmp_dir"])
+        save_policy(trainer, tokenizer, spec)
     drop_trainer_dir(spec)
     return metrics
 
 
-def save_distributed_policy(trainer, tokenizer, out_dir) -> None:
+def save_distributed_policy(trainer, tokenizer, spec) -> None:
     """The policy alone, from a PPO trainer under DDP or DeepSpeed. TRL 1.12's PPOTrainer.save_model looks
     for `.policy` on the wrapped model (DistributedDataParallel / DeepSpeedEngine have none, so it saves
     policy and value model together and safetensors refuses their shared tensors) and hands the policy to
     transformers as the DeepSpeed engine (AttributeError on `config.get`). Here the state dict is gathered
     by accelerate (the full weights under ZeRO-3, `stage3_gather_16bit_weights_on_model_save`), the policy's
     keys kept, and the main process writes them as safetensors."""
-    acc = trainer.accelerator
+    acc, out_dir = trainer.accelerator, spec["tmp_dir"]
     state = acc.get_state_dict(trainer.model)
     policy = acc.unwrap_model(trainer.model).policy
-    if acc.is_main_process:
-        prefix = "policy."
-        policy.save_pretrained(str(out_dir), state_dict={k[len(prefix):]: v for k, v in state.items()
-                                                         if k.startswith(prefix)}, safe_serialization=True)
+    prefix = "policy."
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if acc.is_main_process else None
+    if spec.get("lora"):  # a peft model: save_pretrained keeps the adapter's keys of the gathered state
+        save_adapter(policy, tokenizer, out_dir, base_of(spec["inputs"]["policy"]), main_process=acc.is_main_process,
+                     state_dict=own)
+    elif acc.is_main_process:
+        policy.save_pretrained(str(out_dir), state_dict=own, safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
     acc.wait_for_everyone()

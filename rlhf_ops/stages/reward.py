@@ -20,7 +20,8 @@ import pandas as pd
 from datasets import Dataset
 
 from ..formats import read_rendered
-from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_sequence_classifier, load_tokenizer, reward_members
+from ..lora import base_of, save_adapter
+from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_tokenizer, load_trainable_classifier, reward_members
 from ..scoring import member_scores
 from .common import (
     fit, quiet,
@@ -87,7 +88,8 @@ def train(spec: dict) -> dict:
             rows = train_df.iloc[np.random.default_rng(member_seed).integers(0, len(train_df), len(train_df))]
         ds = Dataset.from_pandas(rows[list(REQUIRED)].reset_index(drop=True))
         set_seed(member_seed)  # the score head is a fresh random init when the init is a causal LM
-        model = load_sequence_classifier(inits[m % len(inits)], trc)
+        init = inits[m % len(inits)]
+        model = load_trainable_classifier(init, spec.get("lora"), trc)
         model.config.pad_token_id = tokenizer.pad_token_id
         if score_init:  # the model we continue from, before training: the loop's old RM on the same pairs
             init_margins.append(_margins(model, tokenizer, eval_df))
@@ -99,7 +101,12 @@ def train(spec: dict) -> dict:
         mm["train_loss"] = float(out.training_loss)
         check_finite_loss(mm, f"reward member {m}")
         name = f"member_{m}" if k > 1 else "."
-        save_trained(trainer, tokenizer, f"{spec['tmp_dir']}/{name}")
+        if spec.get("lora"):  # the adapter and the score head, over the member's base (rlhf_ops.lora)
+            save_adapter(trainer.accelerator.unwrap_model(trainer.model), tokenizer, f"{spec['tmp_dir']}/{name}",
+                         base_of(init), main_process=trainer.accelerator.is_main_process)
+            trainer.accelerator.wait_for_everyone()
+        else:
+            save_trained(trainer, tokenizer, f"{spec['tmp_dir']}/{name}")
         if len(eval_df):
             margin = _margins(model, tokenizer, eval_df)
             margins.append(margin)
