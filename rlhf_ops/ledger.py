@@ -349,11 +349,14 @@ class Ledger:
     def runs(self) -> list[dict]:
         return self._rows("SELECT * FROM runs ORDER BY id")
 
-    def check_config(self, config: dict, allow_changed: bool = False) -> list[ConfigDifference]:
+    def check_config(self, config: dict, allow_changed: bool = False,
+                     new_key_defaults: dict | None = None) -> list[ConfigDifference]:
         """Compare ``config`` with the config of the latest run in this ledger.
 
         Raises ConfigChangedError listing every differing key, unless ``allow_changed``; then returns
-        the differences (empty when none, or when there is no previous run).
+        the differences (empty when none, or when there is no previous run). A key the stored config lacks
+        whose value is its default in ``new_key_defaults`` (flat keys: a key a newer rlhf_ops added, left as
+        it was) is no change: a run started before an upgrade resumes after it.
         """
         row = self._conn.execute("SELECT config_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         if row is None or self.last_completed() is None:
@@ -363,6 +366,7 @@ class Ledger:
             ConfigDifference(key, old.get(key, _ABSENT), new.get(key, _ABSENT))
             for key in sorted(old.keys() | new.keys())
             if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+            and not (key not in old and key in (new_key_defaults or {}) and new[key] == new_key_defaults[key])
         ]
         if differences and not allow_changed:
             lines = "\n".join(f"  {d}" for d in differences)

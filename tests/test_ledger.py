@@ -179,6 +179,10 @@ def test_check_config_lists_differing_keys(ledger):
     assert shown[:2] == ["n_iterations: 3 -> <absent>", "policy.lr: 1e-06 -> 2e-06"]
     assert shown[2].startswith("seed: <absent> -> 7  (a key this version of rlhf_ops has and the one that "
                                "started the run did not"), "a key added since the run started says so"
+    # A key added by a newer rlhf_ops and left at its default is no change: a run resumes across an upgrade.
+    assert ledger.check_config({**CONFIG, "lora": {"r": 0}}, new_key_defaults={"lora.r": 0}) == []
+    with pytest.raises(ConfigChangedError, match="lora.r: <absent> -> 8"):
+        ledger.check_config({**CONFIG, "lora": {"r": 8}}, new_key_defaults={"lora.r": 0})
 
 
 def test_check_config_ignores_location_and_launcher_keys(ledger):

@@ -140,6 +140,15 @@ def check_ledger_matches_dir(run_dir: Path, ledger: Ledger) -> None:
             "resume, or use a new run_dir")
 
 
+def schema_defaults() -> dict:
+    """The typed schema's defaults as flat keys (rlhf_ops.config), the task's aside."""
+    from ..config import RunConfig
+    from ..ledger import flatten_config
+
+    d = OmegaConf.to_container(OmegaConf.structured(RunConfig(run_dir="", task={})), resolve=False)
+    return flatten_config(json.loads(json.dumps(d, default=str)))
+
+
 def run_loop(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     claim_run_dir(run_dir, bool(cfg.overwrite))
@@ -148,7 +157,7 @@ def run_loop(cfg: DictConfig) -> dict:
     typed = OmegaConf.to_object(cfg)  # the one conversion: every step reads these dataclasses
     with RunLock(run_dir), Ledger(run_dir) as ledger:
         check_ledger_matches_dir(run_dir, ledger)
-        diffs = ledger.check_config(plain, allow_changed=cfg.allow_config_change)
+        diffs = ledger.check_config(plain, allow_changed=cfg.allow_config_change, new_key_defaults=schema_defaults())
         for d in diffs:
             log.warning("resuming with a changed config: %s", d)
         run_id = ledger.start_run(plain)

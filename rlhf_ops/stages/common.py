@@ -85,6 +85,11 @@ def fit(trainer, collecting_modules=()):
         gc.unfreeze()
 
 
+def trainable_parameters(model) -> int:
+    """Parameters the optimizer updates (all of them in full fine-tuning; the adapters and heads with LoRA)."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
 def log_history_metrics(trainer) -> dict:
     """Final logged values of the trainer's metrics (loss and friends), plus the step count."""
     last: dict = {}
@@ -98,6 +103,7 @@ def log_history_metrics(trainer) -> dict:
     elif "train_loss" in last:  # fewer steps than logging_steps: the run's mean loss is all there is
         last["final_loss"] = last["train_loss"]
     last["global_step"] = int(trainer.state.global_step)
+    last["trainable_parameters"] = trainable_parameters(trainer.model)
     return last
 
 

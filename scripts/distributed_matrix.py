@@ -1,0 +1,154 @@
+"""Every training stage under every multi-process launcher, against one process doing the same work.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/distributed_matrix.py --out /tmp/dist [--stages ppo rloo ...]
+        [--launchers zero2 zero3 multi_process] [--seeds 0 1] [--lora]
+
+For each stage (sft, reward, reward with an ensemble of 2, ppo, rloo, grpo, dpo) it runs the stage on its own
+from the CLI (`job=STAGE io.*=...`) on the testbed's tiny assets: in one process with seeds --seeds (the
+seed-to-seed spread is the noise), then under each launcher with 2 processes and seed 0. The global batch is
+the same in every run (2 processes get half the per-device batch), so the runs do the same number of
+optimizer steps on the same amount of data; only the data's split over processes and the reduction order
+differ. It prints, per stage, the stage's own end metric (SFT and DPO: final training loss; the reward
+stage: held-out accuracy and loss; PPO: objective/scores and objective/kl; RLOO / GRPO: reward and kl),
+the wall time, and whether the 2-process value lies within the one-process seeds' range widened by half
+its width (written as `ok` / `OUT`). A failed run shows its exit code and the last line of its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+# stage -> (metric keys read from stage_meta.json, sizes shared by every run of that stage)
+STAGES = {
+    "sft": (["final_loss"], ["stage.sft.max_steps=8"]),
+    "reward": (["heldout_accuracy", "final_loss"], ["stage.reward.max_steps=8", "stage.reward.eval_fraction=0.25"]),
+    "reward_ensemble": (["heldout_accuracy", "final_loss"], ["stage.reward.max_steps=8", "stage.reward.ensemble_size=2",
+                                                             "stage.reward.eval_fraction=0.25"]),
+    "ppo": (["objective/scores", "objective/kl"], ["stage.ppo.total_episodes=64", "stage.ppo.num_ppo_epochs=2",
+                                                   "stage.ppo.response_length=16", "stage.ppo.learning_rate=3e-4"]),
+    "rloo": (["reward", "kl"], ["stage.rloo.max_steps=4", "stage.rloo.max_completion_length=16",
+                                "stage.rloo.num_iterations=2", "stage.rloo.learning_rate=3e-4"]),
+    "grpo": (["reward", "kl"], ["stage.grpo.max_steps=4", "stage.grpo.max_completion_length=16",
+                                "stage.grpo.num_iterations=2", "stage.grpo.learning_rate=3e-4"]),
+    "dpo": (["final_loss"], ["stage.dpo.max_steps=6"]),
+}
+BATCH = {"sft": 16, "reward": 16, "reward_ensemble": 16, "ppo": 16, "rloo": 16, "grpo": 16, "dpo": 8}
+
+
+def assets(out: Path) -> dict:
+    """The tiny policy, SFT demos, pairs and prompts (as tests/conftest.py's tiny_assets), an SFT policy and an RM."""
+    from omegaconf import OmegaConf
+
+    from rlhf_ops.artifacts import write_table
+    from rlhf_ops.config import ModelConfig
+    from rlhf_ops.launcher import run_stage
+    from rlhf_ops.models import build_tiny_policy, save_model, train_tokenizer
+    from rlhf_ops.tasks.reviews import panel_member
+    from rlhf_ops.tasks.reviews.builders import build_grammar_pairs, build_prompt_pool, build_sft_demos
+    from rlhf_ops.tasks.reviews.task import prompt_splits, tokenizer_corpus
+    from conftest import stage_cfg
+
+    d = out / "assets"
+    if (d / "done.json").exists():
+        return json.loads((d / "done.json").read_text())
+    d.mkdir(parents=True, exist_ok=True)
+    splits = prompt_splits(0, 64, 8, 8)
+    tok = train_tokenizer(tokenizer_corpus(0, 600), 400)
+    save_model(build_tiny_policy(OmegaConf.structured(ModelConfig(hidden_size=32, intermediate_size=64)), tok, 0), tok,
+               d / "policy")
+    a = {"policy": str(d / "policy"),
+         "sft": str(write_table(build_sft_demos(splits["train"], 2, 0), d / "sft.parquet")),
+         "pairs": str(write_table(build_grammar_pairs(splits["train"], 128, panel_member("careful", 0), 0),
+                                  d / "pairs.parquet")),
+         "prompts": str(write_table(build_prompt_pool(splits["train"]), d / "prompts.parquet"))}
+    run_stage("sft", cfg=stage_cfg("sft", max_steps=30), inputs={"policy": a["policy"], "data": a["sft"]},
+              output=d / "sft_policy", seed=0, progress=False)
+    run_stage("reward", cfg=stage_cfg("reward", max_steps=20), inputs={"reward_model": str(d / "sft_policy"),
+              "data": a["pairs"]}, output=d / "rm", seed=0, progress=False)
+    a.update(sft_policy=str(d / "sft_policy"), rm=str(d / "rm"))
+    (d / "done.json").write_text(json.dumps(a))
+    return a
+
+
+def command(stage: str, a: dict, out: Path, launcher: str, seed: int, lora: bool) -> list[str]:
+    job = "reward" if stage.startswith("reward") else stage
+    procs = 1 if launcher == "local" else 2
+    per_device = BATCH[stage] // procs
+    io = {"sft": [f"io.policy={a['policy']}", f"io.data={a['sft']}"],
+          "reward": [f"io.reward_model={a['sft_policy']}", f"io.data={a['pairs']}"],
+          "ppo": [f"io.policy={a['sft_policy']}", f"io.reward_model={a['rm']}", f"io.data={a['prompts']}"],
+          "rloo": [f"io.policy={a['sft_policy']}", f"io.reward_model={a['rm']}", f"io.data={a['prompts']}"],
+          "grpo": [f"io.policy={a['sft_policy']}", f"io.reward_model={a['rm']}", f"io.data={a['prompts']}"],
+          "dpo": [f"io.policy={a['sft_policy']}", f"io.data={a['pairs']}"]}[job]
+    extra = [f"stage.{job}.per_device_train_batch_size={per_device}"]
+    if job in ("rloo", "grpo"):  # the group size must divide the per-device batch; 4 completions per prompt
+        extra.append(f"stage.{job}.num_generations=4")
+    if lora:
+        extra += ["model.lora.r=4"]
+    return [sys.executable, "-m", "rlhf_ops", f"job={job}", f"launcher={launcher}", *io, *STAGES[stage][1], *extra,
+            f"io.output={out}", f"seed={seed}", "progress=false", "tracking=disabled", "overwrite=true"]
+
+
+def run_one(stage: str, a: dict, root: Path, launcher: str, seed: int, lora: bool) -> dict:
+    out = root / f"{stage}_{launcher}_s{seed}{'_lora' if lora else ''}"
+    if (out / "stage_meta.json").exists():
+        meta = json.loads((out / "stage_meta.json").read_text())
+        return {"ok": True, "wall_s": meta["wall_s"], **{k: meta["metrics"].get(k) for k in STAGES[stage][0]}}
+    t0 = time.time()
+    p = subprocess.run(command(stage, a, out, launcher, seed, lora), cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "WANDB_MODE": "disabled"})
+    if p.returncode != 0:
+        return {"ok": False, "rc": p.returncode, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:300],
+                "wall_s": round(time.time() - t0, 1)}
+    meta = json.loads((out / "stage_meta.json").read_text())
+    return {"ok": True, "wall_s": meta["wall_s"], **{k: meta["metrics"].get(k) for k in STAGES[stage][0]}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="/tmp/dist")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    ap.add_argument("--launchers", nargs="+", default=["zero2", "zero3", "multi_process"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lora", action="store_true", help="with model.lora.r=4 (policy and reward adapters)")
+    a = ap.parse_args()
+    root = Path(a.out)
+    assets_ = assets(root)
+    results = {}
+    for stage in a.stages:
+        keys = STAGES[stage][0]
+        one = [run_one(stage, assets_, root, "local", s, a.lora) for s in a.seeds]
+        results[stage] = {"local": one}
+        for launcher in a.launchers:
+            results[stage][launcher] = run_one(stage, assets_, root, launcher, 0, a.lora)
+        (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        print(f"\n{stage}: " + ", ".join(keys), flush=True)
+        for s, r in zip(a.seeds, one):
+            print(f"  1 process, seed {s}: " + (", ".join(f"{r[k]:.4g}" for k in keys) + f"  ({r['wall_s']} s)"
+                                                 if r["ok"] else f"FAILED rc={r['rc']}: {r['error']}"), flush=True)
+        for launcher in a.launchers:
+            r = results[stage][launcher]
+            if not r["ok"]:
+                print(f"  2 processes, {launcher}: FAILED rc={r['rc']}: {r['error']}", flush=True)
+                continue
+            verdict = []
+            for k in keys:
+                vals = [x[k] for x in one if x["ok"] and x.get(k) is not None]
+                lo, hi = (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
+                pad = (hi - lo) / 2
+                verdict.append("ok" if vals and lo - pad <= r[k] <= hi + pad else "OUT")
+            print(f"  2 processes, {launcher}: " + ", ".join(f"{r[k]:.4g}" for k in keys)
+                  + f"  ({r['wall_s']} s) [{' '.join(verdict)}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
