@@ -51,6 +51,10 @@ class DPOData(Choice):
     fresh = "fresh"; offline = "offline"  # noqa: E702
 
 
+class DPOReference(Choice):
+    sft = "sft"; policy = "policy"  # noqa: E702
+
+
 class OnError(Choice):
     error = "error"; skip = "skip"  # noqa: E702
 
@@ -448,6 +452,9 @@ class LoopConfig:
     policy_update: PolicyUpdate = PolicyUpdate.ppo
     # DPO's pairs: fresh (this iteration's labels: iterative DPO) | offline (the fixed warm-up set)
     dpo_data: DPOData = DPOData.fresh
+    # DPO's reference: sft (the loop's reference, fixed: the KL budget is measured to it) | policy (the policy
+    # the iteration starts from, as in Xiong et al. 2024's iterative DPO: each iteration a new trust region)
+    dpo_reference: DPOReference = DPOReference.sft
     # Gold evaluation: completions per frozen gold-eval prompt; temperature (null = PPO's).
     eval_samples_per_prompt: int = 2
     eval_temperature: Optional[float] = None

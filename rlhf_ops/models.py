@@ -154,8 +154,9 @@ def check_same_vocab(policy_dir: str | Path, reward_dir: str | Path, trust_remot
         rt = load_tokenizer(member, trust_remote_code)
         if pt.get_vocab() != rt.get_vocab():
             raise InputError(
-                f"reward model {member} uses a different vocabulary than the policy {policy_dir} "
-                f"({len(rt)} vs {len(pt)} tokens); PPO needs the reward model to share the policy's tokenizer"
+                f"io.reward_model: {member} uses a different vocabulary than the policy {policy_dir} "
+                f"({len(rt)} vs {len(pt)} tokens); PPO scores the policy's token ids, so its reward and value models "
+                "must share the policy's tokenizer (RLOO and GRPO score text and accept it)"
             )
 
 

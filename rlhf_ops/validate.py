@@ -171,6 +171,9 @@ def _loop_ranges(cfg) -> None:
         if lp.labeler == "reward_model":
             raise ValueError("loop.rm_update_plateau: with loop.labeler=reward_model a refresh trains the RM on its "
                              "own rankings, which cannot lift a plateau; use the judge, a person or an annotator")
+    if lp.dpo_reference == "policy" and cfg.model.lora.r > 0 and cfg.model.lora.policy:
+        raise ValueError("loop.dpo_reference=policy: with LoRA (model.lora.r > 0) the reference is the adapter's base "
+                         "with the adapter disabled, always the SFT policy; use loop.dpo_reference=sft or model.lora.r=0")
     _check(lp.rm_adversarial_repeat >= 0, "loop.rm_adversarial_repeat", lp.rm_adversarial_repeat, "must be >= 0 (0 = off)")
     if lp.rm_adversarial_repeat > 0 and lp.labeler in ("reward_model", "human"):
         raise ValueError(f"loop.rm_adversarial_repeat={lp.rm_adversarial_repeat}: a rejected candidate's samples are "

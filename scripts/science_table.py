@@ -61,7 +61,7 @@ def run(root: Path, methods: list[str], seeds: list[int], extra: list[str]) -> N
     for seed in seeds:
         for m in methods:
             out = root / f"{m}_s{seed}"
-            if (out / "summary.json").exists():
+            if _completed(out):
                 print(f"{out}: done", flush=True)
                 continue
             cmd = [sys.executable, "-m", "rlhf_ops", *METHODS[m], f"seed={seed}", f"run_dir={out}",
@@ -70,6 +70,12 @@ def run(root: Path, methods: list[str], seeds: list[int], extra: list[str]) -> N
             rc = subprocess.call(cmd, env=env)
             if rc != 0:
                 print(f"{out}: exit {rc}", flush=True)
+
+
+def _completed(run_dir: Path) -> bool:
+    """A finished run (summary.json is rewritten after every step, so its presence alone means nothing)."""
+    f = run_dir / "summary.json"
+    return f.exists() and json.loads(f.read_text()).get("status") == "completed"
 
 
 def bon_expectations(proxy, gold, n_max: int):
@@ -160,12 +166,22 @@ def bon(root: Path, seed: int, n: int) -> None:
           f"{pts[-1]['gold_gain']:+.3f}, proxy gain {pts[-1]['proxy_gain']:+.3f} at KL_bon {pts[-1]['kl_bon']:.2f}")
 
 
+def _iteration_wall(run_dir: Path) -> float:
+    """Seconds spent in the iterations' steps (setup, the same for every method of a seed, left out)."""
+    from rlhf_ops.ledger import Ledger
+
+    with Ledger(run_dir) as ledger:
+        return sum(r.get("wall_s") or 0.0 for r in ledger.stage_history()
+                   if r.get("status") == "done" and r["iteration"] >= 0)
+
+
 def _summ(run_dir: Path):
     s = json.loads((run_dir / "summary.json").read_text())
     its = s["iterations"]
     final = s["final"]["eval"] or {}
+    wall = _iteration_wall(run_dir)
     return {"sft_gold": s["baseline"]["gold"], "gold": final.get("gold"), "kl": final.get("kl", 0.0),
-            "wall_per_it": s["wall_s"] / max(1, len(its)), "n_it": len(its),
+            "wall_per_it": wall / max(1, len(its)), "wall": wall, "n_it": len(its),
             "rolled_back": sum(it["status"] == "rolled_back" for it in its),
             "trace": [(it.get("gold"), it.get("kl"), it["status"]) for it in its]}
 
@@ -182,29 +198,29 @@ def table(root: Path) -> None:
         return d * (fr["fit"]["a"] - fr["fit"]["b"] * d)
 
     print("| method | seeds | gold gain over SFT | final KL | gain / best-of-n gain at that KL | "
-          "gain per sqrt(KL) | rolled back | wall per iteration (s) |")
+          "gain per sqrt(KL) | rolled back | wall of the iterations (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for m in METHODS:
-        rows = [_summ(p) for p in sorted(root.glob(f"{m}_s*")) if (p / "summary.json").exists()]
+        rows = [_summ(p) for p in sorted(root.glob(f"{m}_s*")) if _completed(p)]
         if not rows:
             continue
         gain = np.array([r["gold"] - r["sft_gold"] for r in rows])
         kl = np.array([r["kl"] for r in rows])
         ratio = np.array([g / frontier(k) if frontier(k) > 0 else float("nan") for g, k in zip(gain, kl)])
         slope = np.array([g / math.sqrt(k) if k > 0 else float("nan") for g, k in zip(gain, kl)])
-        wall = np.array([r["wall_per_it"] for r in rows])
+        wall = np.array([r["wall"] for r in rows])
 
         def ms(x, f="{:+.3f}"):
             return (f.format(x.mean()) + (f" ± {x.std(ddof=1):.3f}" if len(x) > 1 else "")) if len(x) else "-"
 
         print(f"| {m} | {len(rows)} | {ms(gain)} | {ms(kl, '{:.2f}')} | {ms(ratio, '{:.2f}')} | "
               f"{ms(slope, '{:.3f}')} | {sum(r['rolled_back'] for r in rows)} / {sum(r['n_it'] for r in rows)} | "
-              f"{ms(wall, '{:.1f}')} |")
+              f"{ms(wall, '{:.0f}')} |")
     print()
     print("Per iteration (seed-mean gold gain over SFT @ sqrt(KL); R marks an iteration rolled back in any seed):")
     print()
     for m in METHODS:
-        rows = [_summ(p) for p in sorted(root.glob(f"{m}_s*")) if (p / "summary.json").exists()]
+        rows = [_summ(p) for p in sorted(root.glob(f"{m}_s*")) if _completed(p)]
         if not rows:
             continue
         n = min(len(r["trace"]) for r in rows)

@@ -63,7 +63,7 @@ def test_tokenizer_without_pad_token(tiny_assets, tmp_path):
             output=tmp_path / "out", seed=0)
 
 
-def test_ppo_reward_model_with_other_vocabulary(tiny_assets, tmp_path):
+def test_reward_model_with_other_vocabulary_refused_by_ppo_scored_as_text_by_rloo(tiny_assets, tmp_path):
     from omegaconf import OmegaConf
 
     from rlhf_ops.config import ModelConfig
@@ -76,6 +76,12 @@ def test_ppo_reward_model_with_other_vocabulary(tiny_assets, tmp_path):
         run_stage("ppo", cfg=stage_cfg("ppo"), inputs={"policy": tiny_assets["policy"],
                   "reward_model": str(tmp_path / "other_rm"), "data": tiny_assets["prompts"]},
                   output=tmp_path / "ppo", seed=0)
+    assert not (tmp_path / "ppo").exists()
+    # RLOO scores decoded text with the RM's own tokenizer: an RM of another vocabulary is a valid reward there.
+    meta = run_stage("rloo", cfg=stage_cfg("rloo"), inputs={"policy": tiny_assets["policy"],
+                     "reward_model": str(tmp_path / "other_rm"), "data": tiny_assets["prompts"]},
+                     output=tmp_path / "rloo", seed=0, progress=False)
+    assert meta["metrics"]["global_step"] == 2 and "reward" in meta["metrics"]
 
 
 def test_prompt_longer_than_the_model_allows(tiny_assets, tmp_path):

@@ -292,7 +292,8 @@ def policy_update(ctx) -> None:
                                extra=extra)
         else:
             data = s.data["offline_pairs"] if lp.dpo_data == "offline" else s.work.pairs
-            meta = train_stage(ctx, "dpo", inputs={"policy": s.policy, "ref": s.ref, "data": data}, output=out,
+            ref = s.policy if lp.dpo_reference == "policy" else s.ref
+            meta = train_stage(ctx, "dpo", inputs={"policy": s.policy, "ref": ref, "data": data}, output=out,
                                extra=extra)
     except FloatingPointError as e:
         raise AbandonIteration(f"policy update diverged: {e}", metrics={"diverged": 1.0}) from e

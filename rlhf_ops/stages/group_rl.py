@@ -26,7 +26,7 @@ import numpy as np
 
 from ..artifacts import InputError
 from ..lora import check_reference, drop_reference_adapter
-from ..models import check_checkpoint_dir, check_same_vocab, load_tokenizer, load_trainable_policy
+from ..models import check_checkpoint_dir, load_tokenizer, load_trainable_policy, reward_members
 from ..scoring import load_reward_model, reward_scores
 from .common import check_finite_loss, drop_trainer_dir, fit, log_history_metrics, quiet, require, save_policy, \
     trainer_kwargs
@@ -56,7 +56,10 @@ def validate(spec: dict) -> None:
     for key in ("policy", "ref", "reward_model"):
         check_checkpoint_dir(inputs[key], key)
     check_reference(spec)
-    check_same_vocab(inputs["policy"], inputs["reward_model"], trc)
+    # The reward is scored on decoded text with the RM's own tokenizer (RewardFunction), so unlike PPO an RM
+    # of another vocabulary is fine; it must load, with a pad token, before anything trains.
+    for member in reward_members(inputs["reward_model"]):
+        load_tokenizer(member, trc)
     tok = load_tokenizer(inputs["policy"], trc)
     read_prompts(inputs["data"], tok, _max_prompt_tokens(inputs["policy"], spec["cfg"]))
     cfg = spec["cfg"]
