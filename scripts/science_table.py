@@ -18,6 +18,9 @@ iterations, the same SFT policy and RM warm-up per seed):
                       iterative DPO's 6 x 64, all sampled from the SFT policy, one DPO epoch over them
                       (the same number of gradient steps)
 
+and the DPO variants (`--methods iterative_dpo_ref_policy ...`, DPO_VARIANTS below): the reference moved
+to each iteration's starting policy, 3 epochs per DPO pass (both), 128 pairs x 3 iterations, beta 0.03 (both).
+
 `bon` draws --n samples per gold-eval prompt from the SFT policy of ROOT/ppo_sSEED (the eval temperature),
 scores them with that run's warm-up RM (the proxy) and with gold, and computes for every n in 1..N the
 expected gold and proxy of the proxy-best of n samples (the unbiased estimator over all n-subsets of the N
@@ -28,9 +31,9 @@ sqrt(KL_bon), by least squares and writes ROOT/bon.json.
 over SFT, the final KL, the gain's ratio to the frontier's at the same KL, the per-iteration gold against
 sqrt(KL), and the wall time per iteration.
 
-Status: written, not yet run end to end; `bon` reads the run dir's config.yaml, summary.json's
-outputs.sft_policy and setup's rm/ and prompts_gold_eval.parquet (found by glob), unchecked on a finished run.
-No figure in docs/ comes from this script yet.
+Run end to end on 2026-12-06 (docs/results.md, "The science table"). `run` and `table` count only runs whose
+summary says completed (summary.json is rewritten after every step); the wall time is the iterations' steps
+from the ledger (setup, the same per seed, left out).
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ METHODS = {
     "offline_dpo": ["+experiment=tiny_iterative_dpo", "name=science_offline_dpo", "loop.iterations=1",
                     "loop.prompts_per_iteration=384"],
 }
+OFFLINE = METHODS["offline_dpo"]
+# Why iterative DPO does not beat offline DPO at matched compute: one change at a time, each to both where
+# it applies to both (same pairs, same number of DPO steps between the two).
+DPO_VARIANTS = {
+    "iterative_dpo_ref_policy": ["+experiment=tiny_iterative_dpo", "loop.dpo_reference=policy"],
+    "iterative_dpo_3ep": ["+experiment=tiny_iterative_dpo", "stage.dpo.num_train_epochs=3"],
+    "offline_dpo_3ep": [*OFFLINE, "stage.dpo.num_train_epochs=3"],
+    "iterative_dpo_128x3": ["+experiment=tiny_iterative_dpo", "loop.prompts_per_iteration=128", "loop.iterations=3"],
+    "iterative_dpo_beta003": ["+experiment=tiny_iterative_dpo", "loop.kl.beta=0.03"],
+    "offline_dpo_beta003": [*OFFLINE, "loop.kl.beta=0.03"],
+}
+METHODS.update(DPO_VARIANTS)
 
 
 def run(root: Path, methods: list[str], seeds: list[int], extra: list[str]) -> None:
@@ -255,7 +270,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in DPO_VARIANTS],
+                    choices=list(METHODS))
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for `run`")
     a = ap.parse_args()
     root = Path(a.root)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY_RUN, run_cli
+from conftest import REPO, TINY_RUN, TINY_TASK, run_cli
 from user_data import make_user_files, make_user_model, user_texts
 
 
@@ -251,3 +251,24 @@ def test_the_shipped_instruction_set_is_what_its_script_writes_and_reads_as_user
     assert len(prompts) == 300 and prompts["prompt"].map(json.dumps).is_unique
     anchors = normalize_sft(read_any(str(shipped / "anchors.jsonl"), "SFT"), shipped / "anchors.jsonl")
     assert len(anchors) == 24
+
+
+def test_the_testbed_on_a_chat_model_labels_the_rendered_prompts(user, tmp_path):
+    """A real chat model on the testbed (to try a loop setting before using one's own data): the prompts are
+    rendered with the model's chat template, the simulated annotator and the gold reward read the testbed's
+    own prompt behind each, and the pairs keep the rendered prompt the policy saw."""
+    run_dir = tmp_path / "testbed_chat"
+    args = ["+experiment=quickstart", *TINY_TASK, *TINY_RUN, "model=local", f"model.path={user['model']}",
+            "loop.iterations=1"]
+    # The chat template and a tokenizer trained on other text make every seed pair longer than the tiny preset's 96
+    # tokens: refused in prepare, naming the key, before SFT trains (TRL's reward trainer would drop all of them).
+    p = run_cli(*args, f"run_dir={tmp_path / 'short'}")
+    assert p.returncode != 0 and "stage.reward.max_length=96" in p.stderr and "setup_prepare" in p.stderr, p.stderr
+    assert not (tmp_path / "short" / "setup" / "sft").exists()
+    p = run_cli(*args, "stage.reward.max_length=256", "stage.sft.max_length=256", f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    pairs = pd.read_parquet(run_dir / "iter_000" / "label" / "pairs.parquet")
+    assert len(pairs) and pairs["prompt"].str.startswith("<|im_start|>user\n").all()
+    assert pairs["gold_chosen"].notna().all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["baseline"]["gold"] is not None and summary["iterations"][0]["gold"] is not None

@@ -78,8 +78,27 @@ def loop_labeler(ctx, table_key: str):
 
         table = pd.read_parquet(s.data[table_key])
         return JudgeLabeler(loop_judge(ctx), dict(zip(table["prompt"], questions(table))))
-    return make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
-                        reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
+    labeler = make_labeler(lp.labeler, task=make_task(cfg.task), annotator=lp.annotator, seed=cfg.seed,
+                           reward_model=s.rm, trust_remote_code=cfg.model.trust_remote_code)
+    if lp.labeler == "annotator":  # the task's annotators read the task's own prompts, not the rendered ones
+        tables = [pd.read_parquet(s.data[k]) for k in ("prompts_train", "prompts_gold_eval") if k in s.data]
+        return SourcePrompts(labeler, {p: q for t in tables if "prompt_source" in t.columns
+                                       for p, q in zip(t["prompt"], t["prompt_source"])})
+    return labeler
+
+
+class SourcePrompts:
+    """A task's labeler shown the task's own prompts (`prompt_source`: what the task wrote, before the chat
+    template rendered it), its pairs given back with the prompts the models saw."""
+
+    def __init__(self, inner, source: dict[str, str]):
+        self.inner, self.source = inner, source
+
+    def label(self, prompt_rows: list[dict], candidates: list[list[str]], **kw) -> pd.DataFrame:
+        rows = [{**r, "prompt": self.source.get(r["prompt"], r["prompt"])} for r in prompt_rows]
+        pairs = self.inner.label(rows, candidates, **kw)
+        rendered = {r["prompt_id"]: r["prompt"] for r in prompt_rows}
+        return pairs.assign(prompt=[rendered.get(pid, p) for pid, p in zip(pairs["prompt_id"], pairs["prompt"])])
 
 
 def adversarial_pairs(ctx, candidate_samples: str, good_samples: str):

@@ -14,10 +14,13 @@ own seed on a bootstrap resample of the pairs (Coste et al. 2023); members are w
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
 from datasets import Dataset
+
+from ..artifacts import InputError
 
 from ..formats import read_rendered
 from ..lora import base_of, save_adapter
@@ -30,6 +33,7 @@ from .common import (
 from .trl_args import trl_kwargs
 
 REQUIRED = ("prompt", "chosen", "rejected")
+log = logging.getLogger(__name__)
 
 
 def read_pairs(path, tokenizer) -> pd.DataFrame:
@@ -44,6 +48,29 @@ def validate(spec: dict) -> None:
     df = read_pairs(spec["inputs"]["data"], tok)
     if spec.get("heldout") is None and len(df) < 4:
         raise ValueError(f"{spec['inputs']['data']}: {len(df)} pairs is too few to train a reward model")
+    too_long = pairs_too_long(df, tok, spec["cfg"].get("max_length"))
+    if len(df) and too_long.all():
+        raise InputError(f"{spec['inputs']['data']}: all {len(df)} pairs are longer than stage.reward.max_length="
+                         f"{spec['cfg']['max_length']} tokens (prompt + response + EOS; the shortest is "
+                         f"{int(pair_lengths(df, tok).min())}); TRL's RewardTrainer drops such pairs and none would "
+                         "be left: raise stage.reward.max_length (within the model's context)")
+
+
+def pair_lengths(df: pd.DataFrame, tokenizer) -> np.ndarray:
+    """Per pair, the longer side's tokens as TRL's RewardTrainer counts them: prompt + response + EOS."""
+    eos = tokenizer.eos_token or ""
+
+    def n(col):
+        texts = [p + (r if r.endswith(eos) else r + eos) for p, r in zip(df["prompt"], df[col])]
+        return np.array([len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]])
+
+    return np.maximum(n("chosen"), n("rejected")) if len(df) else np.zeros(0, dtype=int)
+
+
+def pairs_too_long(df: pd.DataFrame, tokenizer, max_length) -> np.ndarray:
+    if not max_length:
+        return np.zeros(len(df), dtype=bool)
+    return pair_lengths(df, tokenizer) > int(max_length)
 
 
 def split_heldout(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -73,6 +100,10 @@ def train(spec: dict) -> dict:
         train_df, eval_df = df, read_pairs(spec["heldout"], tokenizer)
     else:
         train_df, eval_df = split_heldout(df, cfg.get("eval_fraction", 0.1), seed)
+    long_ = pairs_too_long(train_df, tokenizer, cfg.get("max_length"))
+    if long_.any():
+        log.warning("reward: %d of %d training pairs are longer than stage.reward.max_length=%s tokens; TRL drops "
+                    "them", int(long_.sum()), len(train_df), cfg.get("max_length"))
     k = int(cfg.get("ensemble_size", 1))
     inits = reward_members(inputs["reward_model"])
     metrics: dict = {"n_train_pairs": len(train_df), "n_heldout_pairs": len(eval_df), "ensemble_size": k}
