@@ -34,6 +34,7 @@ def sft_out(tiny_assets, tmp_path_factory):
     return out, meta
 
 
+@pytest.mark.trl_latest
 def test_sft_trains_and_reloads(sft_out, tiny_assets):
     out, meta = sft_out
     assert math.isfinite(meta["metrics"]["final_loss"])
@@ -44,6 +45,7 @@ def test_sft_trains_and_reloads(sft_out, tiny_assets):
     assert not out.with_name(out.name + ".tmp").exists()
 
 
+@pytest.mark.trl_latest
 def test_reward_ensemble_members_differ(sft_out, tiny_assets, tmp_path):
     out = tmp_path / "rm"
     meta = run_stage("reward", cfg=stage_cfg("reward", ensemble_size=2), inputs={"reward_model": str(sft_out[0]),
@@ -77,6 +79,7 @@ def test_ppo_trains_against_reward_model(sft_out, rm_out, tiny_assets, tmp_path)
     assert changed(load_policy(sft_out[0]), load_policy(out)) > 0.5
 
 
+@pytest.mark.trl_latest
 def test_dpo_trains_with_explicit_reference(sft_out, tiny_assets, tmp_path):
     out = tmp_path / "dpo"
     meta = run_stage("dpo", cfg=stage_cfg("dpo"), inputs={"policy": str(sft_out[0]), "data": tiny_assets["pairs"]},
@@ -86,6 +89,7 @@ def test_dpo_trains_with_explicit_reference(sft_out, tiny_assets, tmp_path):
     assert changed(load_policy(sft_out[0]), load_policy(out)) > 0.5
 
 
+@pytest.mark.trl_latest
 @pytest.mark.parametrize("name", ["rloo", "grpo"])
 def test_group_rl_trains_against_the_reward_model_with_kl_to_the_given_reference(name, sft_out, rm_out, tiny_assets,
                                                                                 tmp_path):
@@ -107,6 +111,7 @@ def test_group_rl_trains_against_the_reward_model_with_kl_to_the_given_reference
     assert first_kl["self"] < 1e-6 < first_kl["init"] and first_kl["init"] > 1e-3, first_kl
 
 
+@pytest.mark.trl_latest
 def test_group_rl_penalises_a_completion_without_eos(sft_out, rm_out):
     from rlhf_ops.models import load_tokenizer
     from rlhf_ops.stages.group_rl import RewardFunction
@@ -118,6 +123,7 @@ def test_group_rl_penalises_a_completion_without_eos(sft_out, rm_out):
     assert r[0] - r[1] == pytest.approx(1.0), "the same text, cut off before EOS, scores the penalty lower"
 
 
+@pytest.mark.trl_latest
 def test_best_of_n_picks_the_rms_favourite_that_ended_per_prompt(rm_out):
     import pandas as pd
 
@@ -139,6 +145,7 @@ def test_best_of_n_picks_the_rms_favourite_that_ended_per_prompt(rm_out):
     assert dict(zip(want["prompt_id"], want["completion"])) == dict(zip(best["prompt_id"], best["completion"]))
 
 
+@pytest.mark.trl_latest
 def test_best_of_n_cli_keeps_the_rms_best_sample_per_prompt_and_overwrites_nothing(sft_out, rm_out, tiny_assets,
                                                                                    tmp_path):
     import subprocess
