@@ -69,3 +69,23 @@ def test_the_ppo_stage_called_directly_names_the_trl_to_install(monkeypatch):
     monkeypatch.setattr(trl_compat, "has_ppo", lambda: False)
     with pytest.raises(ImportError, match=r"the ppo stage needs TRL's PPOTrainer.*pip install trl==1\.12\.0"):
         ppo.train({"stage": "ppo", "cfg": {}, "inputs": {}})
+
+
+def test_the_trl_latest_requirements_are_pyprojects_with_trl_replaced(tmp_path):
+    """make setup-trl-latest installs pyproject.toml's dependencies from scripts/requirements_with.py: the same list,
+    trl (and torch) replaced in place, and a name that is no dependency refused rather than added."""
+    import subprocess
+    import sys
+    import tomllib
+
+    from conftest import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    script = [sys.executable, str(REPO / "scripts" / "requirements_with.py")]
+    p = subprocess.run([*script, "--extra", "dev", "trl==1.16.0", "torch==2.13.0"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    want = [{"trl": "trl==1.16.0", "torch": "torch==2.13.0"}.get(d.split("=")[0].split(">")[0], d)
+            for d in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    assert p.stdout.splitlines() == want and "trl==1.16.0" in want and "pytest==9.2.0" in want
+    p = subprocess.run([*script, "trll==1.16.0"], capture_output=True, text=True)
+    assert p.returncode != 0 and "trll is not a dependency" in p.stderr and not p.stdout
