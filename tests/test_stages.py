@@ -174,3 +174,39 @@ def test_best_of_n_cli_keeps_the_rms_best_sample_per_prompt_and_overwrites_nothi
     assert "gain +" in p.stdout
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.trl_latest
+@pytest.mark.parametrize("stage", ["reward", "dpo"])
+def test_max_length_that_leaves_no_pair_is_one_error_naming_it(stage, sft_out, tiny_assets, tmp_path):
+    """TRL drops, without a word, a reward pair longer than max_length and a DPO pair whose prompt fills it: with
+    none left, training failed in the dataloader ("num_samples=0"); now one error names the key, and no output."""
+    key = {"reward": "reward_model", "dpo": "policy"}[stage]
+    out = tmp_path / stage
+    with pytest.raises(ValueError, match=rf"^stage\.{stage}\.max_length=4: every one of the \d+ pairs .* TRL's "
+                                         rf"(RewardTrainer|DPOTrainer) drops such pairs, so none is left to train on; "
+                                         rf"raise stage\.{stage}\.max_length"):
+        run_stage(stage, cfg=stage_cfg(stage, max_length=4), inputs={key: str(sft_out[0]), "data": tiny_assets["pairs"]},
+                  output=out, seed=0, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.trl_latest
+def test_reward_pairs_longer_than_max_length_are_counted_in_a_warning(sft_out, tiny_assets, tmp_path, caplog):
+    import numpy as np
+
+    from rlhf_ops.models import load_tokenizer
+    from rlhf_ops.stages.reward import read_pairs, split_heldout
+
+    tok = load_tokenizer(str(sft_out[0]))
+    train, _ = split_heldout(read_pairs(tiny_assets["pairs"], tok), stage_cfg("reward")["eval_fraction"], 0)
+    longest = [max(len(tok(p + c + tok.eos_token)["input_ids"]) for c in (ch, rj))
+               for p, ch, rj in zip(train["prompt"], train["chosen"], train["rejected"])]
+    max_length = int(np.median(longest))
+    dropped = sum(n > max_length for n in longest)
+    assert 0 < dropped < len(train)
+    with caplog.at_level("WARNING", logger="rlhf_ops.stages.trl_compat"):
+        run_stage("reward", cfg=stage_cfg("reward", max_length=max_length), inputs={
+            "reward_model": str(sft_out[0]), "data": tiny_assets["pairs"]}, output=tmp_path / "rm", seed=0, progress=False)
+    assert f"stage.reward.max_length={max_length}: {dropped} of {len(train)} pairs dropped by TRL's RewardTrainer" \
+        in caplog.text

@@ -15,6 +15,7 @@ from datasets import Dataset
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer
 from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_trained, trainer_kwargs
 from .trl_args import trl_kwargs
+from .trl_compat import check_rows_kept
 from .reward import REQUIRED, read_pairs
 
 
@@ -38,6 +39,7 @@ def train(spec: dict) -> dict:
     # In the loop, beta is loop.kl.beta through the KL controller (spec["beta"]); alone, stage.dpo.beta.
     args = DPOConfig(**trl_kwargs("dpo", cfg, **trainer_kwargs(spec, cfg), beta=spec.get("beta", cfg["beta"])))
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
+    check_rows_kept(trainer, len(dataset), "dpo")
     quiet(trainer, spec)
     out = fit(trainer)
     metrics = log_history_metrics(trainer)

@@ -27,6 +27,7 @@ from .common import (
     check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained, trainer_kwargs,
 )
 from .trl_args import trl_kwargs
+from .trl_compat import check_rows_kept
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -93,6 +94,7 @@ def train(spec: dict) -> dict:
             init_margins.append(_margins(model, tokenizer, eval_df))
         args = RewardConfig(**trl_kwargs("reward", cfg, **trainer_kwargs({**spec, "seed": member_seed}, cfg)))
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        check_rows_kept(trainer, len(ds), "reward")
         quiet(trainer, spec)
         out = fit(trainer)
         mm = log_history_metrics(trainer)

@@ -1,4 +1,5 @@
-"""What differs between the TRL releases rlhf_ops runs on, in one place.
+"""What rlhf_ops adapts to in TRL, in one place: what differs between the releases it runs on (PPO), and what
+TRL does silently that rlhf_ops makes loud (rows dropped for max_length, the same in 1.12 and 1.16).
 
 rlhf_ops pins TRL 1.12.0, the last release with PPO (`trl.experimental.ppo`); TRL 1.13 removed it. Every
 other stage (sft, reward, dpo, rloo, grpo, rejection_sampling) and every loop without PPO also runs on
@@ -9,7 +10,10 @@ when called directly.
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 PPO_LAST_RELEASE = "1.12.0"  # the newest TRL with trl.experimental.ppo
 PPO_REMOVED_IN = "1.13"
@@ -51,3 +55,25 @@ def ppo_classes():
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     return PPOConfig, PPOTrainer
+
+
+# What TRL's trainers drop for max_length (TRL 1.12 to 1.16 alike), the trainer, and what else to shorten.
+_DROPS = {"reward": ("is longer than it (the prompt with the chosen or with the rejected text, in tokens)",
+                     "RewardTrainer", "the completions (in a loop: stage.ppo.response_length)"),
+          "dpo": ("has a prompt that fills it alone", "DPOTrainer", "the prompts")}
+
+
+def check_rows_kept(trainer, given: int, stage: str) -> None:
+    """TRL's RewardTrainer drops a pair longer than max_length, and DPOTrainer one whose prompt fills it, without a
+    word: with every row dropped training failed in the dataloader ("num_samples should be a positive integer value,
+    but got num_samples=0"), with some it trained on fewer pairs than the stage reports. None left is one error
+    naming the key; some dropped, a warning."""
+    kept, max_length = len(trainer.train_dataset), trainer.args.max_length
+    what, trainer_name, shorter = _DROPS[stage]
+    if kept == 0:
+        raise ValueError(f"stage.{stage}.max_length={max_length}: every one of the {given} pairs {what}, and TRL's "
+                         f"{trainer_name} drops such pairs, so none is left to train on; raise stage.{stage}.max_length "
+                         f"or shorten {shorter}")
+    if kept < given:
+        log.warning("stage.%s.max_length=%s: %d of %d pairs dropped by TRL's %s, each %s", stage, max_length,
+                    given - kept, given, trainer_name, what)
