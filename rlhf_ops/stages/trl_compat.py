@@ -28,7 +28,9 @@ def has_ppo() -> bool:
     spec = importlib.util.find_spec("trl")
     if spec is None:
         return False
-    locations = spec.submodule_search_locations or ()
+    locations = [loc for loc in spec.submodule_search_locations or () if os.path.isdir(loc)]
+    if not locations:  # not installed as plain files (a zip, say): ask the import system, the slow way
+        return importlib.util.find_spec("trl.experimental.ppo") is not None
     return any(os.path.isfile(os.path.join(loc, "experimental", "ppo", "__init__.py")) for loc in locations)
 
 
