@@ -192,7 +192,7 @@ def test_max_length_that_leaves_no_pair_is_one_error_naming_it(stage, sft_out, t
 
 
 @pytest.mark.trl_latest
-def test_reward_pairs_longer_than_max_length_are_counted_in_a_warning(sft_out, tiny_assets, tmp_path, caplog):
+def test_reward_pairs_longer_than_max_length_are_counted_in_the_log(sft_out, tiny_assets, tmp_path, caplog):
     import numpy as np
 
     from rlhf_ops.models import load_tokenizer
@@ -205,7 +205,7 @@ def test_reward_pairs_longer_than_max_length_are_counted_in_a_warning(sft_out, t
     max_length = int(np.median(longest))
     dropped = sum(n > max_length for n in longest)
     assert 0 < dropped < len(train)
-    with caplog.at_level("WARNING", logger="rlhf_ops.stages.trl_compat"):
+    with caplog.at_level("INFO", logger="rlhf_ops.stages.trl_compat"):
         run_stage("reward", cfg=stage_cfg("reward", max_length=max_length), inputs={
             "reward_model": str(sft_out[0]), "data": tiny_assets["pairs"]}, output=tmp_path / "rm", seed=0, progress=False)
     assert f"stage.reward.max_length={max_length}: {dropped} of {len(train)} pairs dropped by TRL's RewardTrainer" \
