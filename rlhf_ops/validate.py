@@ -99,7 +99,7 @@ def _ranges(cfg) -> None:
         _tiny_model_shape(cfg)
 
 
-# TRL 1.12's DPOTrainer.dpo_loss: any other name fails only in the first DPO step.
+# TRL's DPOTrainer.dpo_loss (the same in 1.12 and 1.16): any other name fails only in the first DPO step.
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
@@ -241,9 +241,12 @@ def validate_config(cfg) -> None:
         # without this check, model=local with no path built the tiny model instead
         raise ValueError("model.path: model=local needs model.path=DIR (a local checkpoint directory)")
 
-    from .stages import trl_args
+    from .stages import trl_args, trl_compat
 
+    _installed_trl_trains_it(cfg)
     for name in STAGES:  # every stage key is TRL's or ours, by name
+        if name == "ppo" and not trl_compat.has_ppo():
+            continue  # no PPOConfig to check stage.ppo against, and nothing here trains PPO (checked just above)
         trl_args.check(name, OmegaConf.to_container(cfg.stage[name], resolve=True))
     ppo = cfg.stage.ppo
     batch = ppo.per_device_train_batch_size * ppo.gradient_accumulation_steps
@@ -331,6 +334,31 @@ def _generation(cfg) -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ValueError("generation.backend=vllm: vllm is not installed; pip install 'rlhf_ops[vllm]' (the vLLM "
                          "versions TRL supports), or use generation.backend=hf")
+
+
+def _uses_ppo(cfg) -> tuple[str, str] | None:
+    """What in `cfg` trains PPO, and what to use instead; None when nothing does."""
+    if cfg.job == "ppo":
+        return "job=ppo", "use job=rloo|grpo"
+    if cfg.job != "loop":
+        return None
+    lp = cfg.loop
+    for key in ("setup", "steps"):
+        if "ppo_once" in lp[key]:
+            return f"ppo_once in loop.{key}", f"leave ppo_once out of loop.{key}"
+    if lp.policy_update == "ppo" and "policy_update" in lp.steps:
+        return "loop.policy_update=ppo", "use loop.policy_update=rloo|grpo"
+    return None
+
+
+def _installed_trl_trains_it(cfg) -> None:
+    """PPO needs TRL <= 1.12 (rlhf_ops.stages.trl_compat): on a newer TRL a config that trains it stops here, in
+    one line, instead of at its first PPO step after setup has trained the SFT policy and the reward model."""
+    from .stages import trl_compat
+
+    uses = _uses_ppo(cfg)
+    if uses is not None and not trl_compat.has_ppo():
+        raise ValueError(trl_compat.ppo_missing(*uses))
 
 
 def _model_json_object(path: Path) -> None:

@@ -45,8 +45,12 @@ def run(method: str, lora: int, model: str, out: Path) -> dict:
     if lora:  # LoRA's usual larger step (the presets are for full fine-tuning)
         args += ["stage.ppo.learning_rate=3e-5", "stage.rloo.learning_rate=3e-5"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    if not (run_dir / "summary.json").exists() or json.loads((run_dir / "summary.json").read_text())["baseline"] is None:
-        subprocess.run(args, cwd=REPO, env={**env, "RLHF_OPS_FAULT": "0:collect:before"}, capture_output=True)
+    if run_dir.exists():  # a measurement is of a fresh iteration only: never of a resume that finds it done
+        raise SystemExit(f"{run_dir} exists; remove it (or pass another --out) to measure again")
+    subprocess.run(args, cwd=REPO, env={**env, "RLHF_OPS_FAULT": "0:collect:before"}, capture_output=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary["baseline"] is None or summary["iterations"]:
+        raise SystemExit(f"{run_dir}: setup did not stop before iteration 0 (see {run_dir / 'logs'})")
     p = subprocess.run(["/usr/bin/time", "-v", *args], cwd=REPO, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         return {"method": method, "lora": lora, "error": p.stderr.strip().splitlines()[-25:]}

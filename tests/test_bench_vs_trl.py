@@ -35,11 +35,16 @@ def _run_fast(work: Path, stages: str) -> dict:
 
 @pytest.fixture(scope="module")
 def fast_stages(tmp_path_factory):
-    return _run_fast(tmp_path_factory.mktemp("bench_fast"), "sft,reward,dpo,ppo")
+    from rlhf_ops.stages.trl_compat import has_ppo
+
+    return _run_fast(tmp_path_factory.mktemp("bench_fast"), "sft,reward,dpo" + (",ppo" if has_ppo() else ""))
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "ppo"])
+@pytest.mark.parametrize("stage", [*(pytest.param(s, marks=pytest.mark.trl_latest) for s in ("sft", "reward", "dpo")),
+                                   "ppo"])
 def test_stage_weights_match_plain_trl(fast_stages, stage):
+    if stage not in fast_stages:
+        pytest.skip("no PPO in this TRL (rlhf_ops.stages.trl_compat)")
     r = fast_stages[stage]
     (pair,) = r["pairs"]
     assert pair["weights"]["identical"], pair["weights"]

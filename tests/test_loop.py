@@ -275,3 +275,48 @@ def test_max_rollbacks_stops_the_run_for_a_person(tmp_path):
     assert "max_rollbacks" in p.stdout
     p = run_cli(*args)
     assert p.returncode == 0 and summary(run_dir)["status"] == "stopped"
+
+
+# experiment -> (its policy-update stage, the steps configured by TINY, the data that stage trained on)
+NON_PPO_LOOPS = {
+    "tiny_iterative_dpo": ("dpo", 3, "iter_000/label/pairs.parquet"),
+    "tiny_offline_dpo": ("dpo", 3, "setup/prepare/offline_pairs.parquet"),
+    "tiny_online_rloo": ("rloo", 2, "iter_000/collect/prompts.parquet"),
+    "tiny_online_grpo": ("grpo", 2, "iter_000/collect/prompts.parquet"),
+    "tiny_rejection_sampling": ("rejection_sampling", 3, "iter_000/policy_update/best_of_n.parquet"),
+}
+
+
+@pytest.mark.trl_latest
+@pytest.mark.parametrize("experiment", sorted(NON_PPO_LOOPS))
+def test_each_loop_without_ppo_runs_an_iteration(experiment, tmp_path):
+    """Every loop whose policy update is not PPO, one iteration through the CLI (on TRL 1.12 and on the newest
+    TRL, `make test-trl-latest`): its own stage trained the policy from the SFT policy on its own data, against
+    the RM the iteration refreshed where the loop has one, and the iteration was evaluated and gated."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    stage, steps, data = NON_PPO_LOOPS[experiment]
+    run_dir = tmp_path / "run"
+    p = run_cli(f"+experiment={experiment}", *TINY, "loop.iterations=1", f"run_dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["status"] == "completed" and len(s["iterations"]) == 1
+    it = s["iterations"][0]
+    assert it["status"] in ("accepted", "rolled_back")
+    assert all(isinstance(it[k], float) for k in ("gold", "proxy", "kl")), it
+    policy = run_dir / "iter_000" / "policy_update" / "policy"
+    meta = json.loads((policy / "stage_meta.json").read_text())
+    assert meta["stage"] == stage and meta["metrics"]["global_step"] == steps
+    assert meta["inputs"]["data"] == str(run_dir / data)
+    sft = run_dir / "setup" / "sft" / "policy"
+    assert meta["inputs"]["policy"] == str(sft)
+    rm = run_dir / "iter_000" / "rm_update" / "rm"
+    assert rm.is_dir() == (experiment != "tiny_offline_dpo"), "every loop but offline DPO refreshes its RM"
+    if stage in ("rloo", "grpo"):
+        assert meta["inputs"]["ref"] == str(sft) and meta["inputs"]["reward_model"] == str(rm)
+        assert "rewards/reward_model/mean" in meta["metrics"]
+    elif stage == "dpo":
+        assert meta["inputs"]["ref"] == str(sft) and meta["metrics"]["n_pairs"] == len(pd.read_parquet(run_dir / data))
+    before, after = load_file(str(sft / "model.safetensors")), load_file(str(policy / "model.safetensors"))
+    assert before.keys() == after.keys() and any(not before[k].equal(after[k]) for k in before), "the update trained"

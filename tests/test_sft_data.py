@@ -10,6 +10,7 @@ import pytest
 from user_data import make_user_files, make_user_model, user_texts
 
 pytest.importorskip("trl")
+pytestmark = pytest.mark.trl_latest  # TRL's preparation is what changes between releases
 
 
 @pytest.fixture(scope="module")

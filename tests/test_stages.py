@@ -34,6 +34,7 @@ def sft_out(tiny_assets, tmp_path_factory):
     return out, meta
 
 
+@pytest.mark.trl_latest
 def test_sft_trains_and_reloads(sft_out, tiny_assets):
     out, meta = sft_out
     assert math.isfinite(meta["metrics"]["final_loss"])
@@ -44,6 +45,7 @@ def test_sft_trains_and_reloads(sft_out, tiny_assets):
     assert not out.with_name(out.name + ".tmp").exists()
 
 
+@pytest.mark.trl_latest
 def test_reward_ensemble_members_differ(sft_out, tiny_assets, tmp_path):
     out = tmp_path / "rm"
     meta = run_stage("reward", cfg=stage_cfg("reward", ensemble_size=2), inputs={"reward_model": str(sft_out[0]),
@@ -77,6 +79,7 @@ def test_ppo_trains_against_reward_model(sft_out, rm_out, tiny_assets, tmp_path)
     assert changed(load_policy(sft_out[0]), load_policy(out)) > 0.5
 
 
+@pytest.mark.trl_latest
 def test_dpo_trains_with_explicit_reference(sft_out, tiny_assets, tmp_path):
     out = tmp_path / "dpo"
     meta = run_stage("dpo", cfg=stage_cfg("dpo"), inputs={"policy": str(sft_out[0]), "data": tiny_assets["pairs"]},
@@ -86,6 +89,7 @@ def test_dpo_trains_with_explicit_reference(sft_out, tiny_assets, tmp_path):
     assert changed(load_policy(sft_out[0]), load_policy(out)) > 0.5
 
 
+@pytest.mark.trl_latest
 @pytest.mark.parametrize("name", ["rloo", "grpo"])
 def test_group_rl_trains_against_the_reward_model_with_kl_to_the_given_reference(name, sft_out, rm_out, tiny_assets,
                                                                                 tmp_path):
@@ -107,6 +111,7 @@ def test_group_rl_trains_against_the_reward_model_with_kl_to_the_given_reference
     assert first_kl["self"] < 1e-6 < first_kl["init"] and first_kl["init"] > 1e-3, first_kl
 
 
+@pytest.mark.trl_latest
 def test_group_rl_penalises_a_completion_without_eos(sft_out, rm_out):
     from rlhf_ops.models import load_tokenizer
     from rlhf_ops.stages.group_rl import RewardFunction
@@ -118,6 +123,7 @@ def test_group_rl_penalises_a_completion_without_eos(sft_out, rm_out):
     assert r[0] - r[1] == pytest.approx(1.0), "the same text, cut off before EOS, scores the penalty lower"
 
 
+@pytest.mark.trl_latest
 def test_best_of_n_picks_the_rms_favourite_that_ended_per_prompt(rm_out):
     import pandas as pd
 
@@ -139,6 +145,7 @@ def test_best_of_n_picks_the_rms_favourite_that_ended_per_prompt(rm_out):
     assert dict(zip(want["prompt_id"], want["completion"])) == dict(zip(best["prompt_id"], best["completion"]))
 
 
+@pytest.mark.trl_latest
 def test_best_of_n_cli_keeps_the_rms_best_sample_per_prompt_and_overwrites_nothing(sft_out, rm_out, tiny_assets,
                                                                                    tmp_path):
     import subprocess
@@ -167,3 +174,39 @@ def test_best_of_n_cli_keeps_the_rms_best_sample_per_prompt_and_overwrites_nothi
     assert "gain +" in p.stdout
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.trl_latest
+@pytest.mark.parametrize("stage", ["reward", "dpo"])
+def test_max_length_that_leaves_no_pair_is_one_error_naming_it(stage, sft_out, tiny_assets, tmp_path):
+    """TRL drops, without a word, a reward pair longer than max_length and a DPO pair whose prompt fills it: with
+    none left, training failed in the dataloader ("num_samples=0"); now one error names the key, and no output."""
+    key = {"reward": "reward_model", "dpo": "policy"}[stage]
+    out = tmp_path / stage
+    with pytest.raises(ValueError, match=rf"^stage\.{stage}\.max_length=4: every one of the \d+ pairs .* TRL's "
+                                         rf"(RewardTrainer|DPOTrainer) drops such pairs, so none is left to train on; "
+                                         rf"raise stage\.{stage}\.max_length"):
+        run_stage(stage, cfg=stage_cfg(stage, max_length=4), inputs={key: str(sft_out[0]), "data": tiny_assets["pairs"]},
+                  output=out, seed=0, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.trl_latest
+def test_reward_pairs_longer_than_max_length_are_counted_in_the_log(sft_out, tiny_assets, tmp_path, caplog):
+    import numpy as np
+
+    from rlhf_ops.models import load_tokenizer
+    from rlhf_ops.stages.reward import read_pairs, split_heldout
+
+    tok = load_tokenizer(str(sft_out[0]))
+    train, _ = split_heldout(read_pairs(tiny_assets["pairs"], tok), stage_cfg("reward")["eval_fraction"], 0)
+    longest = [max(len(tok(p + c + tok.eos_token)["input_ids"]) for c in (ch, rj))
+               for p, ch, rj in zip(train["prompt"], train["chosen"], train["rejected"])]
+    max_length = int(np.median(longest))
+    dropped = sum(n > max_length for n in longest)
+    assert 0 < dropped < len(train)
+    with caplog.at_level("INFO", logger="rlhf_ops.stages.trl_compat"):
+        run_stage("reward", cfg=stage_cfg("reward", max_length=max_length), inputs={
+            "reward_model": str(sft_out[0]), "data": tiny_assets["pairs"]}, output=tmp_path / "rm", seed=0, progress=False)
+    assert f"stage.reward.max_length={max_length}: {dropped} of {len(train)} pairs dropped by TRL's RewardTrainer" \
+        in caplog.text

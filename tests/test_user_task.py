@@ -63,6 +63,7 @@ def test_user_model_and_files_online_ppo(user, tmp_path):
     assert "<b>no gold</b>" in (run_dir / "report.html").read_text(), "the report says so instead of failing"
 
 
+@pytest.mark.trl_latest
 def test_user_model_and_files_online_grpo(user, tmp_path):
     """GRPO (TRL's GRPOTrainer) in the loop on the user's model, chat prompts and pairs: the policy update
     ran against the RM the loop trained, and the gate saw a candidate."""
@@ -78,6 +79,7 @@ def test_user_model_and_files_online_grpo(user, tmp_path):
     assert isinstance(s["iterations"][0]["kl"], float)
 
 
+@pytest.mark.trl_latest
 def test_user_model_and_files_rejection_sampling(user, tmp_path):
     """Rejection sampling on the user's chat model: SFT on the RM's best of 4 collected completions."""
     run_dir = tmp_path / "rs"
@@ -93,6 +95,7 @@ def test_user_model_and_files_rejection_sampling(user, tmp_path):
     assert meta["stage"] == "rejection_sampling" and meta["metrics"]["global_step"] == 3
 
 
+@pytest.mark.trl_latest
 def test_user_files_iterative_dpo_with_human_queue_and_no_seed_pairs(user, tmp_path):
     run_dir = tmp_path / "dpo"
     args = ["+experiment=tiny_iterative_dpo", *files_args(user, "loop.labeler=human", f"run_dir={run_dir}")]

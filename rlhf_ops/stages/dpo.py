@@ -16,6 +16,7 @@ from ..lora import check_reference, drop_reference_adapter
 from ..models import check_checkpoint_dir, load_policy, load_tokenizer, load_trainable_policy
 from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_policy, trainer_kwargs
 from .trl_args import trl_kwargs
+from .trl_compat import check_rows_kept
 from .reward import REQUIRED, read_pairs
 
 
@@ -42,6 +43,7 @@ def train(spec: dict) -> dict:
     args = DPOConfig(**trl_kwargs("dpo", cfg, **trainer_kwargs(spec, cfg), beta=spec.get("beta", cfg["beta"])))
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tokenizer)
     drop_reference_adapter(trainer.model)
+    check_rows_kept(trainer, len(dataset), "dpo")
     quiet(trainer, spec)
     out = fit(trainer)
     metrics = log_history_metrics(trainer)

@@ -98,7 +98,9 @@ def _max_prompt_tokens(policy_dir, cfg) -> int:
 
 def train(spec: dict) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from .trl_compat import ppo_classes  # TRL <= 1.12 only: else an ImportError naming the TRL to install
+
+    PPOConfig, PPOTrainer = ppo_classes()
 
     cfg, trc = spec["cfg"], spec.get("trust_remote_code", False)
     inputs = resolve_inputs(spec)

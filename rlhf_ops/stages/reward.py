@@ -14,7 +14,6 @@ own seed on a bootstrap resample of the pairs (Coste et al. 2023); members are w
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pandas as pd
@@ -31,9 +30,9 @@ from .common import (
     check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained, trainer_kwargs,
 )
 from .trl_args import trl_kwargs
+from .trl_compat import check_rows_kept
 
 REQUIRED = ("prompt", "chosen", "rejected")
-log = logging.getLogger(__name__)
 
 
 def read_pairs(path, tokenizer) -> pd.DataFrame:
@@ -100,10 +99,6 @@ def train(spec: dict) -> dict:
         train_df, eval_df = df, read_pairs(spec["heldout"], tokenizer)
     else:
         train_df, eval_df = split_heldout(df, cfg.get("eval_fraction", 0.1), seed)
-    long_ = pairs_too_long(train_df, tokenizer, cfg.get("max_length"))
-    if long_.any():
-        log.warning("reward: %d of %d training pairs are longer than stage.reward.max_length=%s tokens; TRL drops "
-                    "them", int(long_.sum()), len(train_df), cfg.get("max_length"))
     k = int(cfg.get("ensemble_size", 1))
     inits = reward_members(inputs["reward_model"])
     metrics: dict = {"n_train_pairs": len(train_df), "n_heldout_pairs": len(eval_df), "ensemble_size": k}
@@ -126,6 +121,7 @@ def train(spec: dict) -> dict:
             init_margins.append(_margins(model, tokenizer, eval_df))
         args = RewardConfig(**trl_kwargs("reward", cfg, **trainer_kwargs({**spec, "seed": member_seed}, cfg)))
         trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        check_rows_kept(trainer, len(ds), "reward")
         quiet(trainer, spec)
         out = fit(trainer)
         mm = log_history_metrics(trainer)

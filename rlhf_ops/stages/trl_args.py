@@ -28,10 +28,10 @@ def trl_class(stage: str):
     # Checked at start-up, before any step's log is open: transformers prints an "[INFO] Running in
     # WANDB offline mode" line when its integrations are first imported, which is not ours to show.
     with contextlib.redirect_stdout(io.StringIO()):
-        if stage == "ppo":
-            from trl.experimental.ppo import PPOConfig
+        if stage == "ppo":  # TRL <= 1.12 only (rlhf_ops.stages.trl_compat)
+            from .trl_compat import ppo_classes
 
-            return PPOConfig
+            return ppo_classes()[0]
         import trl
 
         return {"sft": trl.SFTConfig, "reward": trl.RewardConfig, "dpo": trl.DPOConfig, "rloo": trl.RLOOConfig,
