@@ -112,7 +112,10 @@ def merged(path, load_full):
     """An adapter loaded onto its base and merged: a plain transformers model, for inference."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_full(adapter_base(path)), str(path)).merge_and_unload()
+    model = PeftModel.from_pretrained(load_full(adapter_base(path)), str(path)).merge_and_unload()
+    # peft froze the base's parameters when it wrapped them; merged, this is a plain model again, and whoever
+    # trains it (PPO's value model started from a LoRA reward model) must find it trainable, as any loaded model
+    return model.requires_grad_(True)
 
 
 def drop_reference_adapter(model) -> None:

@@ -69,12 +69,13 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/lora_mem")
     ap.add_argument("--methods", nargs="+", default=["ppo", "rloo"], choices=list(EXPERIMENT))
     ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--lora-only", action="store_true", help="measure only the LoRA runs")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in a.methods:
-        for lora in (0, a.r):
+        for lora in ((a.r,) if a.lora_only else (0, a.r)):
             r = run(method, lora, a.model, out)
             rows.append(r)
             (out / "results.json").write_text(json.dumps(rows, indent=1, default=str))

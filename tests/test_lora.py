@@ -72,8 +72,11 @@ def test_sft_merges_and_every_other_stage_writes_an_adapter_over_the_reference(l
                        "grpo": {"reward_model": d / "rm", "data": tiny_assets["prompts"], "ref": d / "sft"},
                        "dpo": {"data": tiny_assets["pairs"], "ref": d / "sft"},
                        "rejection_sampling": {"data": tiny_assets["sft"]}}[name])
-        _stage(name, inputs, d / f"out_{name}")
+        meta = _stage(name, inputs, d / f"out_{name}")
         out = d / f"out_{name}"
+        if name == "ppo":  # the value model, started from the LoRA RM (merged), trains in full beside the adapter
+            value = sum(p.numel() for p in load_sequence_classifier(d / "rm").parameters())
+            assert meta["metrics"]["trainable_parameters"] > value, (meta["metrics"]["trainable_parameters"], value)
         assert is_adapter(out) and same_path(adapter_base(out), d / "sft"), name  # still adapts the reference
         assert not list(out.glob("model*.safetensors")), name
         a, b = load_policy(d / "moved"), load_policy(out)
