@@ -9,7 +9,8 @@ seed-to-seed spread is the noise), then under each launcher with 2 processes and
 the same in every run (2 processes get half the per-device batch), so the runs do the same number of
 optimizer steps on the same amount of data; only the data's split over processes and the reduction order
 differ. It prints, per stage, the stage's own end metric (SFT and DPO: final training loss; the reward
-stage: held-out accuracy and loss; PPO: objective/scores and objective/kl; RLOO / GRPO: reward and kl),
+stage: held-out accuracy and loss; PPO: objective/scores and objective/kl; RLOO / GRPO: reward and kl; for
+the policy updates also the trained policy's sampled KL to the SFT policy, 64 prompts x 4 samples),
 the wall time, and whether the 2-process value lies within the one-process seeds' range widened by half
 its width (written as `ok` / `OUT`). A failed run shows its exit code and the last line of its log.
 """
@@ -98,19 +99,36 @@ def command(stage: str, a: dict, out: Path, launcher: str, seed: int, lora: bool
             f"io.output={out}", f"seed={seed}", "progress=false", "tracking=disabled", "overwrite=true"]
 
 
+def policy_kl(policy: Path, a: dict) -> float:
+    """The trained policy's sampled KL to the SFT policy it started from: 64 prompts x 4 samples at temperature
+    0.7, a fixed seed (the trainers' own objective/kl is one batch's estimate, too noisy to compare runs)."""
+    import numpy as np
+    import pandas as pd
+
+    from rlhf_ops.generation import generate, sequence_stats
+    from rlhf_ops.models import load_policy, load_tokenizer
+
+    prompts = pd.read_parquet(a["prompts"])["prompt"].tolist()[:64]
+    tok, ref, pol = load_tokenizer(a["sft_policy"]), load_policy(a["sft_policy"]), load_policy(policy)
+    s = generate(str(policy), prompts, 4, max_new_tokens=16, temperature=0.7, seed=123, model=pol, tokenizer=tok)
+    return float(np.mean(sequence_stats(pol, ref, tok, s.prompts, s.response_ids, temperature=0.7)["kl"]))
+
+
 def run_one(stage: str, a: dict, root: Path, launcher: str, seed: int, lora: bool) -> dict:
     out = root / f"{stage}_{launcher}_s{seed}{'_lora' if lora else ''}"
     if (out / "stage_meta.json").exists():
         meta = json.loads((out / "stage_meta.json").read_text())
-        return {"ok": True, "wall_s": meta["wall_s"], **{k: meta["metrics"].get(k) for k in STAGES[stage][0]}}
+        r = {"ok": True, "wall_s": meta["wall_s"], **{k: meta["metrics"].get(k) for k in STAGES[stage][0]}}
+        if stage in ("ppo", "rloo", "grpo", "dpo"):
+            r["policy_kl"] = policy_kl(out, a)
+        return r
     t0 = time.time()
     p = subprocess.run(command(stage, a, out, launcher, seed, lora), cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "WANDB_MODE": "disabled"})
     if p.returncode != 0:
         return {"ok": False, "rc": p.returncode, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:300],
                 "wall_s": round(time.time() - t0, 1)}
-    meta = json.loads((out / "stage_meta.json").read_text())
-    return {"ok": True, "wall_s": meta["wall_s"], **{k: meta["metrics"].get(k) for k in STAGES[stage][0]}}
+    return run_one(stage, a, root, launcher, seed, lora)  # read back as a finished run
 
 
 def main() -> None:
@@ -133,7 +151,8 @@ def main() -> None:
         (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
         print(f"\n{stage}: " + ", ".join(keys), flush=True)
         for s, r in zip(a.seeds, one):
-            print(f"  1 process, seed {s}: " + (", ".join(f"{r[k]:.4g}" for k in keys) + f"  ({r['wall_s']} s)"
+            kl = f", policy KL to SFT {r['policy_kl']:.3f}" if r.get("policy_kl") is not None else ""
+            print(f"  1 process, seed {s}: " + (", ".join(f"{r[k]:.4g}" for k in keys) + f"{kl}  ({r['wall_s']} s)"
                                                  if r["ok"] else f"FAILED rc={r['rc']}: {r['error']}"), flush=True)
         for launcher in a.launchers:
             r = results[stage][launcher]
@@ -146,7 +165,8 @@ def main() -> None:
                 lo, hi = (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
                 pad = (hi - lo) / 2
                 verdict.append("ok" if vals and lo - pad <= r[k] <= hi + pad else "OUT")
-            print(f"  2 processes, {launcher}: " + ", ".join(f"{r[k]:.4g}" for k in keys)
+            kl = f", policy KL to SFT {r['policy_kl']:.3f}" if r.get("policy_kl") is not None else ""
+            print(f"  2 processes, {launcher}: " + ", ".join(f"{r[k]:.4g}" for k in keys) + kl
                   + f"  ({r['wall_s']} s) [{' '.join(verdict)}]", flush=True)
 
 
