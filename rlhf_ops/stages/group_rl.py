@@ -126,6 +126,13 @@ def train(spec: dict) -> dict:
     # TRL builds the reference from the path the model was loaded from (config._name_or_path): while the
     # trainer is built, that path is the reference's, so the KL term is against io.ref. With LoRA TRL builds
     # none: the reference is the base with the adapter disabled (drop_reference_adapter: not a copy of it).
+    if spec.get("deepspeed"):
+        # TRL builds the reference inside the trainer under deepspeed.zero.Init (ZeRO-3), whose config check
+        # reads the world size from DeepSpeed's communication backend: not yet set up there, it says 1 and the
+        # batch check fails (train_batch_size 16 != 8 * 1 * 1). Set it up on the process group accelerate made.
+        import deepspeed
+
+        deepspeed.init_distributed()
     loaded_from = policy.config._name_or_path
     policy.config._name_or_path = str(inputs["ref"])
     try:
