@@ -46,8 +46,8 @@ def sft_and_rm(tiny_assets, tmp_path_factory):
 @pytest.mark.parametrize("job, launcher", [("ppo", "zero2"), ("ppo", "multi_process"), ("grpo", "zero2"),
                                           ("grpo", "zero3"), ("rloo", "multi_process")])
 def test_online_policy_updates_under_two_processes(job, launcher, sft_and_rm, tiny_assets, tmp_path):
-    """PPO, GRPO and RLOO across two CPU processes, under DeepSpeed ZeRO-2 / ZeRO-3 and plain DDP: training runs, and the
-    policy alone is saved (TRL 1.12's PPO save_model fails under both: rlhf_ops.stages.ppo) and reloads."""
+    """PPO, GRPO and RLOO across two CPU processes, under DeepSpeed ZeRO-2 / ZeRO-3 and plain DDP: training runs,
+    and the policy alone is saved (TRL 1.12's PPO save_model fails under both: rlhf_ops.stages.ppo) and reloads."""
     sft, rm = sft_and_rm
     out = tmp_path / f"{job}_{launcher}"
     sizes = {"ppo": ["stage.ppo.total_episodes=32", "stage.ppo.per_device_train_batch_size=8",
