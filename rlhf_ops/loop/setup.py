@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from ..artifacts import InputError, write_table
+from ..artifacts import write_table
 from ..formats import has_chat_template, render_column
 from ..models import (build_tiny_policy, build_tiny_reward, check_checkpoint_dir, copy_with_distinct_pad,
                       load_tokenizer, needs_distinct_pad, save_model, train_tokenizer)
@@ -69,14 +69,10 @@ def prepare(ctx) -> None:
         origin = [f"prompt_id {pid} of {td.sources.get(source, src)}" for pid in t["prompt_id"]]
         check_prompt_lengths(t["prompt"].tolist(), tok, limit, s.data[key], origin)
     if "offline_pairs" in tables and "rm_warmup" in ctx.cfg.loop.setup:  # all too long: the warm-up would train on none
-        from ..stages.reward import pair_lengths
+        from ..stages.reward import check_pairs_fit
 
-        limit_rm = ctx.cfg.stage.reward.max_length
-        lengths = pair_lengths(tables["offline_pairs"], tok)
-        if len(lengths) and (lengths > limit_rm).all():
-            raise InputError(f"{td.sources.get('pairs', 'the seed pairs')}: all {len(lengths)} pairs are longer than "
-                             f"stage.reward.max_length={limit_rm} tokens once rendered for {s.init_policy} (the "
-                             f"shortest is {int(lengths.min())}); raise stage.reward.max_length")
+        check_pairs_fit(tables["offline_pairs"], tok, ctx.cfg.stage.reward.max_length,
+                        f"{td.sources.get('pairs', 'the seed pairs')} (rendered for {s.init_policy})")
     ctx.metrics.update({"n_train_prompts": len(tables["prompts_train"]),
                         "n_eval_prompts": len(tables["prompts_gold_eval"]),
                         "n_sft_demos": len(td.sft) if td.sft is not None else 0,

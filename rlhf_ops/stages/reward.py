@@ -20,7 +20,6 @@ import pandas as pd
 from datasets import Dataset
 
 from ..artifacts import InputError
-
 from ..formats import read_rendered
 from ..lora import base_of, save_adapter
 from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_tokenizer, load_trainable_classifier, reward_members
@@ -47,12 +46,7 @@ def validate(spec: dict) -> None:
     df = read_pairs(spec["inputs"]["data"], tok)
     if spec.get("heldout") is None and len(df) < 4:
         raise ValueError(f"{spec['inputs']['data']}: {len(df)} pairs is too few to train a reward model")
-    too_long = pairs_too_long(df, tok, spec["cfg"].get("max_length"))
-    if len(df) and too_long.all():
-        raise InputError(f"{spec['inputs']['data']}: all {len(df)} pairs are longer than stage.reward.max_length="
-                         f"{spec['cfg']['max_length']} tokens (prompt + response + EOS; the shortest is "
-                         f"{int(pair_lengths(df, tok).min())}); TRL's RewardTrainer drops such pairs and none would "
-                         "be left: raise stage.reward.max_length (within the model's context)")
+    check_pairs_fit(df, tok, spec["cfg"].get("max_length"), str(spec["inputs"]["data"]))
 
 
 def pair_lengths(df: pd.DataFrame, tokenizer) -> np.ndarray:
@@ -66,10 +60,16 @@ def pair_lengths(df: pd.DataFrame, tokenizer) -> np.ndarray:
     return np.maximum(n("chosen"), n("rejected")) if len(df) else np.zeros(0, dtype=int)
 
 
-def pairs_too_long(df: pd.DataFrame, tokenizer, max_length) -> np.ndarray:
-    if not max_length:
-        return np.zeros(len(df), dtype=bool)
-    return pair_lengths(df, tokenizer) > int(max_length)
+def check_pairs_fit(df: pd.DataFrame, tokenizer, max_length, where: str) -> None:
+    """Refuse, before a model is loaded, pairs that are all longer than stage.reward.max_length: TRL's
+    RewardTrainer drops each such pair (stages.trl_compat.check_rows_kept counts the drops of a partial one)."""
+    if not max_length or not len(df):
+        return
+    lengths = pair_lengths(df, tokenizer)
+    if (lengths > int(max_length)).all():
+        raise InputError(f"{where}: all {len(df)} pairs are longer than stage.reward.max_length={max_length} tokens "
+                         f"(prompt + response + EOS; the shortest is {int(lengths.min())}); TRL's RewardTrainer drops "
+                         "such pairs and none would be left: raise stage.reward.max_length (within the model's context)")
 
 
 def split_heldout(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
