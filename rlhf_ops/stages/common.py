@@ -171,7 +171,7 @@ def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:
 def save_policy(trainer, tokenizer, spec: dict) -> None:
     """The trained policy into spec["tmp_dir"]: its full weights, or with LoRA (spec["lora"]) its adapter with
     the base recorded (rlhf_ops.lora); SFT's adapter is merged into its base, which every later adapter adapts."""
-    from ..lora import base_of, save_adapter
+    from ..lora import base_of
 
     if not spec.get("lora"):
         save_trained(trainer, tokenizer, spec["tmp_dir"])
@@ -180,12 +180,22 @@ def save_policy(trainer, tokenizer, spec: dict) -> None:
     model = acc.unwrap_model(trainer.model)
     model = getattr(model, "policy", model)  # PPO trains a policy-and-value wrapper
     out = str(spec["tmp_dir"])
-    if spec["stage"] == "sft":
-        if acc.is_main_process:
-            model.merge_and_unload().save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
-    else:
-        save_adapter(model, tokenizer, out, base_of(spec["inputs"]["policy"]), main_process=acc.is_main_process)
+    if spec["stage"] != "sft":
+        save_trained_adapter(trainer, tokenizer, out, base_of(spec["inputs"]["policy"]))
+        return
+    if acc.is_main_process:
+        model.merge_and_unload().save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    acc.wait_for_everyone()
+
+
+def save_trained_adapter(trainer, tokenizer, out_dir, base) -> None:
+    """A trainer's LoRA adapter (PPO's: its policy's) into `out_dir`, recording `base` (rlhf_ops.lora)."""
+    from ..lora import save_adapter
+
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    save_adapter(getattr(model, "policy", model), tokenizer, out_dir, base, main_process=acc.is_main_process)
     acc.wait_for_everyone()
 
 

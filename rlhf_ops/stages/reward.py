@@ -21,12 +21,13 @@ from datasets import Dataset
 
 from ..artifacts import InputError
 from ..formats import read_rendered
-from ..lora import base_of, save_adapter
+from ..lora import base_of
 from ..models import ENSEMBLE_FILE, check_checkpoint_dir, load_tokenizer, load_trainable_classifier, reward_members
 from ..scoring import member_scores
 from .common import (
     fit, quiet,
-    check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained, trainer_kwargs,
+    check_finite_loss, drop_trainer_dir, is_main_process, log_history_metrics, require, save_trained,
+    save_trained_adapter, trainer_kwargs,
 )
 from .trl_args import trl_kwargs
 from .trl_compat import check_rows_kept
@@ -129,9 +130,7 @@ def train(spec: dict) -> dict:
         check_finite_loss(mm, f"reward member {m}")
         name = f"member_{m}" if k > 1 else "."
         if spec.get("lora"):  # the adapter and the score head, over the member's base (rlhf_ops.lora)
-            save_adapter(trainer.accelerator.unwrap_model(trainer.model), tokenizer, f"{spec['tmp_dir']}/{name}",
-                         base_of(init), main_process=trainer.accelerator.is_main_process)
-            trainer.accelerator.wait_for_everyone()
+            save_trained_adapter(trainer, tokenizer, f"{spec['tmp_dir']}/{name}", base_of(init))
         else:
             save_trained(trainer, tokenizer, f"{spec['tmp_dir']}/{name}")
         if len(eval_df):
