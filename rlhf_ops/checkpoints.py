@@ -3,7 +3,7 @@ model built, so a bad directory is refused at start-up, in one line naming it, b
 
 What is checked: the directory holds config.json and safetensors weights (not a GGUF conversion's
 leftover quantization_config); every weights file's header is intact and the file is as long as the
-header says (a truncated copy); the weights are the architecture config.json describes (the
+header says (a truncated copy); no tensor is empty (saved from a ZeRO-3 shard); the weights are the architecture config.json describes (the
 embedding's width and rows, the number of layers: a config.json of another model over the weights
 would otherwise load as a randomly initialised model); a tokenizer is there when one is needed; an
 ensemble's members all exist and pass the same checks.
@@ -50,9 +50,19 @@ def safetensors_header(path: Path) -> dict:
 def _tensor_shapes(path: Path) -> dict[str, list[int]]:
     shapes = {}
     for f in sorted(path.glob("*.safetensors")):
-        for name, t in safetensors_header(f).items():
-            if name != "__metadata__":
-                shapes[name] = t["shape"]
+        shapes.update(tensor_shapes(f))
+    return shapes
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """The tensors' shapes in one safetensors file; InputError if one is empty: a weight with no elements is
+    what a model sharded by DeepSpeed ZeRO-3 saves when its weights were not gathered first (one process's
+    view of a weight it holds no shard of), and it would load as a freshly initialised layer."""
+    shapes = {name: t["shape"] for name, t in safetensors_header(path).items() if name != "__metadata__"}
+    empty = [name for name, shape in shapes.items() if 0 in shape]
+    if empty:
+        raise InputError(f"{path}: {len(empty)} of its {len(shapes)} tensors are empty (e.g. {empty[0]}, shape "
+                         f"{shapes[empty[0]]}): weights saved from one process's ZeRO-3 shard without gathering")
     return shapes
 
 

@@ -39,6 +39,18 @@ class StageFailed(RuntimeError):
     pass
 
 
+def check_written(stage: str, tmp: Path) -> None:
+    """What a stage wrote passes the checks every checkpoint input gets (rlhf_ops.checkpoints) before it is
+    published: a broken save (a ZeRO-3 shard's empty weights, say) fails the stage, not the next one to load it."""
+    from .artifacts import InputError
+    from .checkpoints import check_checkpoint_dir
+
+    try:
+        check_checkpoint_dir(tmp, f"stage '{stage}' output")
+    except InputError as e:
+        raise StageFailed(f"stage '{stage}' wrote a checkpoint that would not load: {e}") from None
+
+
 def resolve_deepspeed(path: str) -> str:
     if not path:
         return ""
@@ -121,6 +133,7 @@ def run_stage(stage: str, *, cfg: dict, inputs: dict, output: str | Path, seed: 
 
             set_seed(spec["seed"])
             metrics = module.train(spec)
+        check_written(stage, Path(tmp))
         meta = {
             "stage": stage, "config": spec["cfg"], "inputs": spec["inputs"], "output": str(output),
             "seed": spec["seed"], "metrics": metrics, "wall_s": round(time.time() - t0, 2),

@@ -173,7 +173,7 @@ def check_target_modules(targets: list[str], model_dir, tiny_cfg=None) -> None:
 
 def check_adapter_dir(path, what: str) -> Path:
     """An adapter directory whose files are intact and whose base is a loadable full checkpoint."""
-    from .checkpoints import check_checkpoint_dir, safetensors_header
+    from .checkpoints import check_checkpoint_dir, tensor_shapes
 
     path = Path(path)
     try:
@@ -183,7 +183,10 @@ def check_adapter_dir(path, what: str) -> Path:
     weights = path / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise InputError(f"{what} LoRA adapter {path} has no {ADAPTER_WEIGHTS}")
-    safetensors_header(weights)
+    try:
+        tensor_shapes(weights)
+    except InputError as e:
+        raise InputError(f"{what} LoRA adapter: {e}") from None
     base = adapter_base(path)
     if is_adapter(base):
         raise InputError(f"{what} LoRA adapter {path}: its base {base} is an adapter too; merge it first "

@@ -131,12 +131,26 @@ def run_one(stage: str, a: dict, root: Path, launcher: str, seed: int, lora: boo
     return run_one(stage, a, root, launcher, seed, lora)  # read back as a finished run
 
 
+def mean_sd(x: list[float]) -> str:
+    import statistics
+    return f"{statistics.mean(x):.4g} ± {statistics.stdev(x):.2g} (n={len(x)})"
+
+
+def welch_t(y: list[float], x: list[float]) -> float:
+    """Welch's t of mean(y) - mean(x); |t| above about 2.1 at these n is a difference beyond seed noise (p < .05)."""
+    import statistics
+    se = (statistics.variance(x) / len(x) + statistics.variance(y) / len(y)) ** 0.5
+    return (statistics.mean(y) - statistics.mean(x)) / se if se else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="/tmp/dist")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--launchers", nargs="+", default=["zero2", "zero3", "multi_process"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--launcher-seeds", type=int, nargs="+", default=[0],
+                    help="seeds of the 2-process runs (more than one: the 2-process spread is compared too)")
     ap.add_argument("--lora", action="store_true", help="with model.lora.r=4 (policy and reward adapters)")
     a = ap.parse_args()
     root = Path(a.out)
@@ -147,17 +161,16 @@ def main() -> None:
         one = [run_one(stage, assets_, root, "local", s, a.lora) for s in a.seeds]
         results[stage] = {"local": one}
         for launcher in a.launchers:
-            results[stage][launcher] = run_one(stage, assets_, root, launcher, 0, a.lora)
+            results[stage][launcher] = [run_one(stage, assets_, root, launcher, s, a.lora) for s in a.launcher_seeds]
         (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
         print(f"\n{stage}: " + ", ".join(keys), flush=True)
         for s, r in zip(a.seeds, one):
             kl = f", policy KL to SFT {r['policy_kl']:.3f}" if r.get("policy_kl") is not None else ""
             print(f"  1 process, seed {s}: " + (", ".join(f"{r[k]:.4g}" for k in keys) + f"{kl}  ({r['wall_s']} s)"
                                                  if r["ok"] else f"FAILED rc={r['rc']}: {r['error']}"), flush=True)
-        for launcher in a.launchers:
-            r = results[stage][launcher]
+        for launcher, (s, r) in ((x, y) for x in a.launchers for y in zip(a.launcher_seeds, results[stage][x])):
             if not r["ok"]:
-                print(f"  2 processes, {launcher}: FAILED rc={r['rc']}: {r['error']}", flush=True)
+                print(f"  2 processes, {launcher}, seed {s}: FAILED rc={r['rc']}: {r['error']}", flush=True)
                 continue
             verdict = []
             for k in keys:
@@ -166,8 +179,15 @@ def main() -> None:
                 pad = (hi - lo) / 2
                 verdict.append("ok" if vals and lo - pad <= r[k] <= hi + pad else "OUT")
             kl = f", policy KL to SFT {r['policy_kl']:.3f}" if r.get("policy_kl") is not None else ""
-            print(f"  2 processes, {launcher}: " + ", ".join(f"{r[k]:.4g}" for k in keys) + kl
+            print(f"  2 processes, {launcher}, seed {s}: " + ", ".join(f"{r[k]:.4g}" for k in keys) + kl
                   + f"  ({r['wall_s']} s) [{' '.join(verdict)}]", flush=True)
+        for launcher in (x for x in a.launchers if len(a.launcher_seeds) > 1 and len(a.seeds) > 1):
+            for k in [*keys, "policy_kl"]:
+                x = [r[k] for r in one if r["ok"] and r.get(k) is not None]
+                y = [r[k] for r in results[stage][launcher] if r["ok"] and r.get(k) is not None]
+                if len(x) > 1 and len(y) > 1:
+                    print(f"  {k}: 1 process {mean_sd(x)}, {launcher} {mean_sd(y)}, Welch t {welch_t(y, x):+.2f}",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ so a bad one fails at start-up in one line naming it, before any work."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -33,6 +34,21 @@ def test_truncated_weights_are_refused(model_dir):
         check_checkpoint_dir(model_dir, "policy")
     w.write_bytes(data[:5])
     with pytest.raises(InputError, match="too short to be a safetensors file"):
+        check_checkpoint_dir(model_dir, "policy")
+
+
+def test_empty_weights_are_refused(model_dir):
+    """What a model sharded by ZeRO-3 saves when its weights are not gathered: every tensor 0 elements. It would
+    load as a freshly initialised model (transformers reports a size mismatch and re-initialises)."""
+    from safetensors.torch import load_file, save_file
+
+    (w,) = model_dir.glob("*.safetensors")
+    tensors = load_file(w)
+    name = sorted(tensors)[0]
+    save_file({**tensors, name: tensors[name].new_empty(0)}, w)
+    with pytest.raises(InputError, match=rf"model\.safetensors: 1 of its {len(tensors)} tensors are empty "
+                                         rf"\(e\.g\. {re.escape(name)}, shape \[0\]\): weights saved from one "
+                                         "process's ZeRO-3 shard"):
         check_checkpoint_dir(model_dir, "policy")
 
 

@@ -86,3 +86,42 @@ def test_one_loop_iteration_under_zero2(experiment, extra, tmp_path):
     candidate = run_dir / "iter_000" / "policy_update" / "policy"
     assert is_adapter(candidate) == bool(extra)
     assert math.isfinite(summary["iterations"][0]["kl"])
+
+
+@pytest.mark.distributed
+@pytest.mark.trl_latest
+def test_lora_under_zero3_with_every_weight_sharded(tiny_assets, sft_and_rm, tmp_path):
+    """LoRA under ZeRO-3 where every parameter is partitioned (persistence threshold 0: a real model's adapter
+    matrices are above DeepSpeed's default threshold, a tiny model's are not, so with the shipped zero3.json
+    nothing here would be sharded). SFT's adapter is merged into its base and RLOO's adapter is saved: both
+    need the gathered weights, a process's own shard of a weight is empty."""
+    from safetensors.torch import load_file
+
+    from rlhf_ops.lora import is_adapter
+    from rlhf_ops.launcher import CONF_DIR
+
+    ds = json.loads((CONF_DIR / "deepspeed" / "zero3.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3_all_sharded.json").write_text(json.dumps(ds))
+    launch = ["launcher=zero3", f"launcher.deepspeed={tmp_path / 'zero3_all_sharded.json'}", "model.lora.r=4",
+              "progress=false"]
+    sft_out = tmp_path / "sft"
+    p = run_cli("job=sft", *launch, f"io.policy={tiny_assets['policy']}", f"io.data={tiny_assets['sft']}",
+                f"io.output={sft_out}", "stage.sft.per_device_train_batch_size=4", "stage.sft.max_steps=4",
+                "stage.sft.learning_rate=1e-2", timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert not is_adapter(sft_out)
+    before, after = load_policy(tiny_assets["policy"]), load_policy(sft_out)
+    changed = {n for (n, a), b in zip(before.named_parameters(), after.parameters()) if not torch.equal(a, b)}
+    assert changed and not any("norm" in n or "embed" in n for n in changed), changed  # only the adapted layers
+
+    _, rm = sft_and_rm
+    out = tmp_path / "rloo"
+    p = run_cli("job=rloo", *launch, f"io.policy={sft_out}", f"io.reward_model={rm}", f"io.data={tiny_assets['prompts']}",
+                f"io.output={out}", *[o for o in TINY if o.startswith("stage.rloo")], "stage.rloo.learning_rate=1e-2",
+                timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert is_adapter(out)
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(t.numel() > 0 for t in weights.values()), {k: t.shape for k, t in weights.items()}
+    assert any(("lora_B" in k) and t.abs().sum() > 0 for k, t in weights.items())  # lora_B starts at zero

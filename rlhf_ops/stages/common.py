@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import math
+from contextlib import contextmanager
 import os
 from pathlib import Path
 
@@ -176,26 +177,66 @@ def save_policy(trainer, tokenizer, spec: dict) -> None:
     if not spec.get("lora"):
         save_trained(trainer, tokenizer, spec["tmp_dir"])
         return
-    acc = trainer.accelerator
-    model = acc.unwrap_model(trainer.model)
-    model = getattr(model, "policy", model)  # PPO trains a policy-and-value wrapper
-    out = str(spec["tmp_dir"])
     if spec["stage"] != "sft":
-        save_trained_adapter(trainer, tokenizer, out, base_of(spec["inputs"]["policy"]))
+        save_trained_adapter(trainer, tokenizer, spec["tmp_dir"], base_of(spec["inputs"]["policy"]))
         return
-    if acc.is_main_process:
-        model.merge_and_unload().save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-    acc.wait_for_everyone()
+    # SFT: the adapter is merged into the base read back from disk, not into the model in memory, whose weights
+    # under ZeRO-3 are each process's shard (a merge there writes empty tensors, or fails on the shapes).
+    import shutil
+
+    from ..models import load_policy
+
+    out = Path(spec["tmp_dir"])
+    adapter = out / "_sft_adapter"
+    save_trained_adapter(trainer, tokenizer, adapter, base_of(spec["inputs"]["policy"]))
+    if trainer.accelerator.is_main_process:
+        with zero3_init_off(trainer):
+            model = load_policy(adapter, spec.get("trust_remote_code", False))
+        model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+        shutil.rmtree(adapter)
+    trainer.accelerator.wait_for_everyone()
+
+
+@contextmanager
+def zero3_init_off(trainer):
+    """Models built in here load whole, in this process alone. While a trainer's ZeRO-3 config is registered,
+    transformers builds every model under deepspeed.zero.Init, which partitions it across the processes: a
+    collective, so one process loading a model alone waits for the others forever."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    hf = getattr(trainer.args, "hf_deepspeed_config", None)
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if hf is not None:
+            set_hf_deepspeed_config(hf)
+
+
+def gathered_state_dict(trainer, prefix: str = "") -> dict | None:
+    """The trained model's full state dict on the main process (None elsewhere), its keys under `prefix` with
+    the prefix removed. Every process must call it: under ZeRO-3 each holds a shard of every weight (a weight
+    is empty outside its own shard) and this gathers them (`stage3_gather_16bit_weights_on_model_save`)."""
+    acc = trainer.accelerator
+    # A transformers Trainer keeps the engine / DDP wrapper in model_wrapped; TRL 1.12's PPO prepares .model itself.
+    state = acc.get_state_dict(getattr(trainer, "model_wrapped", None) or trainer.model)
+    if not acc.is_main_process:
+        return None
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def save_trained_adapter(trainer, tokenizer, out_dir, base) -> None:
-    """A trainer's LoRA adapter (PPO's: its policy's) into `out_dir`, recording `base` (rlhf_ops.lora)."""
+    """A trainer's LoRA adapter (PPO's: its policy's) into `out_dir`, recording `base` (rlhf_ops.lora), from the
+    gathered weights (a process's own ZeRO-3 shard would save an empty adapter)."""
     from ..lora import save_adapter
 
     acc = trainer.accelerator
     model = acc.unwrap_model(trainer.model)
-    save_adapter(getattr(model, "policy", model), tokenizer, out_dir, base, main_process=acc.is_main_process)
+    ppo = hasattr(model, "policy")  # PPO trains a policy-and-value wrapper
+    state = gathered_state_dict(trainer, "policy." if ppo else "")
+    save_adapter(model.policy if ppo else model, tokenizer, out_dir, base, main_process=acc.is_main_process,
+                 state_dict=state)
     acc.wait_for_everyone()
 
 

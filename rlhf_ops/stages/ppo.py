@@ -20,11 +20,12 @@ from datasets import Dataset
 
 from ..artifacts import InputError
 from ..formats import read_rendered
-from ..lora import base_of, check_reference, save_adapter
+from ..lora import base_of, check_reference
 from ..models import (check_checkpoint_dir, check_same_vocab, load_policy, load_sequence_classifier, load_tokenizer,
                       load_trainable_policy, reward_members)
 from ..scoring import load_reward_model
-from .common import fit, quiet, check_finite_loss, drop_trainer_dir, log_history_metrics, require, save_policy, trainer_kwargs
+from .common import (check_finite_loss, drop_trainer_dir, fit, gathered_state_dict, log_history_metrics, quiet, require,
+                     save_policy, trainer_kwargs)
 from .trl_args import trl_kwargs
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def train(spec: dict) -> dict:
     for key in ("loss/policy_avg", "objective/kl", "objective/scores"):
         if key in metrics:
             check_finite_loss({"final_loss": metrics[key]}, f"ppo ({key})")
-    if n_procs > 1 or spec.get("deepspeed"):
+    if (n_procs > 1 or spec.get("deepspeed")) and not spec.get("lora"):
         save_distributed_policy(trainer, tokenizer, spec)
     else:
         save_policy(trainer, tokenizer, spec)
@@ -150,16 +151,11 @@ def save_distributed_policy(trainer, tokenizer, spec) -> None:
     policy and value model together and safetensors refuses their shared tensors) and hands the policy to
     transformers as the DeepSpeed engine (AttributeError on `config.get`). Here the state dict is gathered
     by accelerate (the full weights under ZeRO-3, `stage3_gather_16bit_weights_on_model_save`), the policy's
-    keys kept, and the main process writes them as safetensors."""
+    keys kept, and the main process writes them as safetensors. (A LoRA policy's adapter is saved the same way
+    by save_policy.)"""
     acc, out_dir = trainer.accelerator, spec["tmp_dir"]
-    state = acc.get_state_dict(trainer.model)
-    policy = acc.unwrap_model(trainer.model).policy
-    prefix = "policy."
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if acc.is_main_process else None
-    if spec.get("lora"):  # a peft model: save_pretrained keeps the adapter's keys of the gathered state
-        save_adapter(policy, tokenizer, out_dir, base_of(spec["inputs"]["policy"]), main_process=acc.is_main_process,
-                     state_dict=own)
-    elif acc.is_main_process:
-        policy.save_pretrained(str(out_dir), state_dict=own, safe_serialization=True)
+    own = gathered_state_dict(trainer, "policy.")
+    if acc.is_main_process:
+        acc.unwrap_model(trainer.model).policy.save_pretrained(str(out_dir), state_dict=own, safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
     acc.wait_for_everyone()
