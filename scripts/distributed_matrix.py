@@ -131,6 +131,22 @@ def run_one(stage: str, a: dict, root: Path, launcher: str, seed: int, lora: boo
     return run_one(stage, a, root, launcher, seed, lora)  # read back as a finished run
 
 
+# Stages whose training is deterministic given the seed (no sampling): the same seed in one process and in two
+# must give the same weights up to the reduction order; their starting point, to scale the gap by.
+DETERMINISTIC = {"sft": "policy", "dpo": "sft_policy", "reward": "sft_policy"}
+
+
+def weight_gap(a: Path, b: Path, start: Path) -> str:
+    """max |w_a - w_b| over every weight two runs share, against how far run a moved from `start` (the score
+    head, new in a reward model, is compared to zero)."""
+    from safetensors.torch import load_file
+
+    wa, wb, w0 = (load_file(d / "model.safetensors") for d in (a, b, start))
+    gap = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    moved = max((wa[k] - w0.get(k, 0 * wa[k])).abs().max().item() for k in wa if k in w0 or "score" in k)
+    return f"max weight difference {gap:.2g} (the training moved the weights up to {moved:.2g})"
+
+
 def mean_sd(x: list[float]) -> str:
     import statistics
     return f"{statistics.mean(x):.4g} ± {statistics.stdev(x):.2g} (n={len(x)})"
@@ -181,6 +197,11 @@ def main() -> None:
             kl = f", policy KL to SFT {r['policy_kl']:.3f}" if r.get("policy_kl") is not None else ""
             print(f"  2 processes, {launcher}, seed {s}: " + ", ".join(f"{r[k]:.4g}" for k in keys) + kl
                   + f"  ({r['wall_s']} s) [{' '.join(verdict)}]", flush=True)
+            lora = "_lora" if a.lora else ""
+            one_dir, two_dir = root / f"{stage}_local_s{s}{lora}", root / f"{stage}_{launcher}_s{s}{lora}"
+            if stage in DETERMINISTIC and not a.lora and (one_dir / "model.safetensors").is_file():
+                print(f"    against 1 process, seed {s}: "
+                      + weight_gap(one_dir, two_dir, Path(assets_[DETERMINISTIC[stage]])), flush=True)
         for launcher in (x for x in a.launchers if len(a.launcher_seeds) > 1 and len(a.seeds) > 1):
             for k in [*keys, "policy_kl"]:
                 x = [r[k] for r in one if r["ok"] and r.get(k) is not None]

@@ -27,6 +27,17 @@ def test_sft_stage_under_deepspeed_zero2_two_processes(tiny_assets, tmp_path):
     moved = [not torch.allclose(a, b) for a, b in zip(before.parameters(), after.parameters())]
     assert sum(moved) / len(moved) > 0.9
     assert f"output: {out}" in p.stdout
+    # One process with the same global batch trains the same weights, and reports the same final loss (it is
+    # averaged over both processes, not the main process's own: rlhf_ops.stages.common.LogLastStep).
+    one = tmp_path / "sft_one"
+    p = run_cli("job=sft", f"io.policy={tiny_assets['policy']}", f"io.data={tiny_assets['sft']}", f"io.output={one}",
+                f"run_dir={tmp_path / 'run1'}", "stage.sft.per_device_train_batch_size=8",
+                *[o for o in TINY if o.startswith("stage.sft") or o.startswith("progress")], timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    single = json.loads((one / "stage_meta.json").read_text())["metrics"]
+    assert math.isclose(meta["metrics"]["final_loss"], single["final_loss"], rel_tol=1e-5), (meta["metrics"], single)
+    for a, b in zip(load_policy(one).parameters(), after.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
