@@ -3,10 +3,10 @@ model built, so a bad directory is refused at start-up, in one line naming it, b
 
 What is checked: the directory holds config.json and safetensors weights (not a GGUF conversion's
 leftover quantization_config); every weights file's header is intact and the file is as long as the
-header says (a truncated copy); no tensor is empty (saved from a ZeRO-3 shard); the weights are the architecture config.json describes (the
-embedding's width and rows, the number of layers: a config.json of another model over the weights
-would otherwise load as a randomly initialised model); a tokenizer is there when one is needed; an
-ensemble's members all exist and pass the same checks.
+header says (a truncated copy); no tensor is empty (saved from a ZeRO-3 shard); the weights are the
+architecture config.json describes (the embedding's width and rows, the number of layers: a
+config.json of another model over the weights would otherwise load as a randomly initialised model);
+a tokenizer is there when one is needed; an ensemble's members all exist and pass the same checks.
 """
 
 from __future__ import annotations

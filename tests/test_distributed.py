@@ -28,7 +28,7 @@ def test_sft_stage_under_deepspeed_zero2_two_processes(tiny_assets, tmp_path):
     assert sum(moved) / len(moved) > 0.9
     assert f"output: {out}" in p.stdout
     # One process with the same global batch trains the same weights, and reports the same final loss (it is
-    # averaged over both processes, not the main process's own: rlhf_ops.stages.common.LogLastStep).
+    # averaged over both processes, not the main process's own: rlhf_ops.stages.common.log_last_step).
     one = tmp_path / "sft_one"
     p = run_cli("job=sft", f"io.policy={tiny_assets['policy']}", f"io.data={tiny_assets['sft']}", f"io.output={one}",
                 f"run_dir={tmp_path / 'run1'}", "stage.sft.per_device_train_batch_size=8",

@@ -122,7 +122,7 @@ def quiet(trainer, spec: dict):
     With progress on and a step log open in this process, a compact bar is drawn on the terminal."""
     from transformers.trainer_callback import PrinterCallback
 
-    trainer.add_callback(LogLastStep())
+    trainer.add_callback(log_last_step())
     if not spec.get("progress", True) and not spec.get("log"):
         trainer.remove_callback(PrinterCallback)
     if spec.get("progress", True):
@@ -151,7 +151,8 @@ def _log_last_step_class():
     return LogLastStep
 
 
-def LogLastStep():  # noqa: N802 (a class built on first use: transformers is imported lazily here)
+def log_last_step():
+    """A LogLastStep callback (its class is built on first use: transformers is imported lazily here)."""
     return _log_last_step_class()()
 
 
