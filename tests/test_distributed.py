@@ -78,6 +78,28 @@ def test_online_policy_updates_under_two_processes(job, launcher, sft_and_rm, ti
 
 
 @pytest.mark.distributed
+def test_ppo_with_lora_under_ddp(sft_and_rm, tiny_assets, tmp_path):
+    """PPO with a LoRA policy under plain DDP (TRL 1.12's PPOTrainer reads `.policy` on the DDP wrapper for the
+    reference log-probs: rlhf_ops.stages.ppo.expose_policy): it trains, and the adapter saved is the trained one."""
+    from safetensors.torch import load_file
+
+    from rlhf_ops.lora import is_adapter
+
+    sft, rm = sft_and_rm
+    out = tmp_path / "ppo_lora_ddp"
+    p = run_cli("job=ppo", "launcher=multi_process", "model.lora.r=4", f"io.policy={sft}", f"io.reward_model={rm}",
+                f"io.data={tiny_assets['prompts']}", f"io.output={out}", "stage.ppo.total_episodes=32",
+                "stage.ppo.per_device_train_batch_size=8", "stage.ppo.num_ppo_epochs=1", "stage.ppo.response_length=16",
+                "stage.ppo.learning_rate=1e-2", "progress=false", timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert is_adapter(out)
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_B" in k and t.abs().sum() > 0 for k, t in weights.items())  # lora_B starts at zero
+    meta = json.loads((out / "stage_meta.json").read_text())
+    assert meta["launcher"]["num_processes"] == 2 and math.isfinite(meta["metrics"]["objective/kl"])
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("experiment, extra", [("quickstart", []), ("tiny_online_rloo", ["model.lora.r=4"])])
 def test_one_loop_iteration_under_zero2(experiment, extra, tmp_path):
     """The whole loop with every training stage (SFT, RM warm-up, RM refresh, the policy update) under DeepSpeed

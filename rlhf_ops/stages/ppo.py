@@ -129,6 +129,7 @@ def train(spec: dict) -> dict:
                                   stop_token="eos", num_sample_generations=0, world_size=n_procs))
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=dataset)
+    expose_policy(trainer)
     quiet(trainer, spec)
     fit(trainer, collecting_modules=[sys.modules[PPOTrainer.__module__]])  # its update calls gc.collect() twice
     metrics = log_history_metrics(trainer)
@@ -143,6 +144,19 @@ def train(spec: dict) -> dict:
         save_policy(trainer, tokenizer, spec)
     drop_trainer_dir(spec)
     return metrics
+
+
+def expose_policy(trainer) -> None:
+    """TRL 1.12's PPOTrainer computes a LoRA policy's reference log-probs through `self.model.policy` (the
+    adapter disabled), `self.model` being the prepared model. A DeepSpeed engine forwards that lookup to the
+    wrapper inside; DistributedDataParallel does not (AttributeError: 'DistributedDataParallel' object has no
+    attribute 'policy', PPO with LoRA under launcher=multi_process). The DDP wrapper gets that attribute, set
+    past nn.Module's registration so it is no submodule (parameters and state dict are unchanged); the
+    reference forward runs outside DDP, as it does under DeepSpeed, with no gradient."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(trainer.model, DistributedDataParallel) and not hasattr(trainer.model, "policy"):
+        object.__setattr__(trainer.model, "policy", trainer.model.module.policy)
 
 
 def save_distributed_policy(trainer, tokenizer, spec) -> None:
