@@ -123,6 +123,15 @@ class Tracker:
             with self._quiet():  # wandb's end-of-run summary goes to the log
                 self._run.summary["status"] = status
                 self._run.finish(exit_code=0 if status in ("completed", "stopped") else 1)
+                # finish() only tells wandb's service process the run is over (a publish, no wait): the
+                # service closes RUN_DIR/wandb/.../run-*.wandb later, and until then the file can hold
+                # nothing but its 7-byte header. teardown() waits for the service to exit, so when close
+                # returns the run's record is whole (a copy, `wandb sync`, or a kill right after loses
+                # nothing). Only when no other wandb run is open in this process: that one is not ours.
+                import wandb
+
+                if wandb.run is None:
+                    wandb.teardown()
         except Exception as e:  # noqa: BLE001
             log.warning("wandb finish failed (%s: %s); the run's own files are unaffected", type(e).__name__, e)
         self._run = None
