@@ -127,11 +127,13 @@ def test_lora_under_zero3_with_every_weight_sharded(tiny_assets, sft_and_rm, tmp
     """LoRA under ZeRO-3 where every parameter is partitioned (persistence threshold 0: a real model's adapter
     matrices are above DeepSpeed's default threshold, a tiny model's are not, so with the shipped zero3.json
     nothing here would be sharded). SFT's adapter is merged into its base and RLOO's adapter is saved: both
-    need the gathered weights, a process's own shard of a weight is empty."""
+    need the gathered weights, a process's own shard of a weight is empty. PPO's adapter likewise, where TRL
+    has PPO."""
     from safetensors.torch import load_file
 
-    from rlhf_ops.lora import is_adapter
     from rlhf_ops.launcher import CONF_DIR
+    from rlhf_ops.lora import is_adapter
+    from rlhf_ops.stages import trl_compat
 
     ds = json.loads((CONF_DIR / "deepspeed" / "zero3.json").read_text())
     ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
@@ -158,3 +160,16 @@ def test_lora_under_zero3_with_every_weight_sharded(tiny_assets, sft_and_rm, tmp
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all(t.numel() > 0 for t in weights.values()), {k: t.shape for k, t in weights.items()}
     assert any(("lora_B" in k) and t.abs().sum() > 0 for k, t in weights.items())  # lora_B starts at zero
+
+    if not trl_compat.has_ppo():  # the newest TRL has no PPO (its one-line refusal: tests/test_trl_compat.py)
+        return
+    # PPO has its own save path (policy and value model wrapped together, the adapter taken from the policy)
+    out = tmp_path / "ppo"
+    p = run_cli("job=ppo", *launch, f"io.policy={sft_out}", f"io.reward_model={rm}", f"io.data={tiny_assets['prompts']}",
+                f"io.output={out}", "stage.ppo.total_episodes=32", "stage.ppo.per_device_train_batch_size=8",
+                "stage.ppo.num_ppo_epochs=1", "stage.ppo.response_length=16", "stage.ppo.learning_rate=1e-2", timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert is_adapter(out)
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(t.numel() > 0 for t in weights.values()), {k: t.shape for k, t in weights.items()}
+    assert any(("lora_B" in k) and t.abs().sum() > 0 for k, t in weights.items())
