@@ -122,16 +122,7 @@ class Tracker:
         try:
             with self._quiet():  # wandb's end-of-run summary goes to the log
                 self._run.summary["status"] = status
-                self._run.finish(exit_code=0 if status in ("completed", "stopped") else 1)
-                # finish() only tells wandb's service process the run is over (a publish, no wait): the
-                # service closes RUN_DIR/wandb/.../run-*.wandb later, and until then the file can hold
-                # nothing but its 7-byte header. teardown() waits for the service to exit, so when close
-                # returns the run's record is whole (a copy, `wandb sync`, or a kill right after loses
-                # nothing). Only when no other wandb run is open in this process: that one is not ours.
-                import wandb
-
-                if wandb.run is None:
-                    wandb.teardown()
+                _finish(self._run, 0 if status in ("completed", "stopped") else 1)
         except Exception as e:  # noqa: BLE001
             log.warning("wandb finish failed (%s: %s); the run's own files are unaffected", type(e).__name__, e)
         self._run = None
@@ -141,7 +132,7 @@ class Tracker:
         run, self._run = self._run, None
         try:
             with self._quiet():
-                run.finish(exit_code=1)
+                _finish(run, 1)
         except Exception:  # noqa: BLE001 - already failing; nothing more to report
             pass
 
@@ -153,6 +144,21 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("failed" if exc_type else "completed")
+
+
+def _finish(run, exit_code: int) -> None:
+    """End a wandb run and wait until its files are written.
+
+    run.finish() only tells wandb's service process the run is over (a publish, no wait): the service closes
+    RUN_DIR/wandb/.../run-*.wandb later, and until then the file can hold nothing but its 7-byte header.
+    teardown() waits for the service to exit, so the run's record is whole when this returns (a copy,
+    `wandb sync`, or a kill right after loses nothing). Only when no other wandb run is open in this process:
+    that one is not ours to end."""
+    import wandb
+
+    run.finish(exit_code=exit_code)
+    if wandb.run is None:
+        wandb.teardown()
 
 
 __all__ = ["Tracker", "scrub_secrets", "is_secret_key", "numeric_metrics"]

@@ -118,3 +118,23 @@ def test_offline_writes_under_run_dir(tmp_path, monkeypatch):
     (log_file,) = runs[0].glob("run-*.wandb")  # wandb's record of the run: config, history, summary
     data = log_file.read_bytes()
     assert b"evaluate/gold" in data and b"max_new_tokens" in data and b"hf_x" not in data
+
+
+@pytest.mark.parametrize("other_run_open", [False, True])
+def test_close_waits_for_wandbs_service_unless_another_run_is_open(monkeypatch, other_run_open):
+    """run.finish() only tells wandb's service process the run is over; the service writes the rest of the
+    offline .wandb file afterwards (CI once read a bare 7-byte header right after close). close() therefore
+    tears the service down, which waits for it, unless a run that is not ours is still open in this process."""
+    wandb = pytest.importorskip("wandb")
+    calls = []
+
+    class FakeRun:
+        summary: dict = {}
+
+        def finish(self, exit_code=0):
+            calls.append("finish")
+
+    monkeypatch.setattr(wandb, "run", object() if other_run_open else None)
+    monkeypatch.setattr(wandb, "teardown", lambda *a, **k: calls.append("teardown"))
+    Tracker(FakeRun()).close("completed")
+    assert calls == (["finish"] if other_run_open else ["finish", "teardown"])
