@@ -158,7 +158,10 @@ def _finish(run, exit_code: int) -> None:
 
     run.finish(exit_code=exit_code)
     if wandb.run is None:
-        wandb.teardown()
+        try:
+            wandb.teardown()
+        except SystemExit as e:  # wandb exits the process when its service process failed: not ours to end
+            raise RuntimeError(f"wandb's service process exited with code {e.code}") from None
 
 
 __all__ = ["Tracker", "scrub_secrets", "is_secret_key", "numeric_metrics"]

@@ -138,3 +138,23 @@ def test_close_waits_for_wandbs_service_unless_another_run_is_open(monkeypatch, 
     monkeypatch.setattr(wandb, "teardown", lambda *a, **k: calls.append("teardown"))
     Tracker(FakeRun()).close("completed")
     assert calls == (["finish"] if other_run_open else ["finish", "teardown"])
+
+
+def test_a_failed_wandb_service_is_one_warning_not_an_exit(monkeypatch, caplog):
+    """wandb.teardown() calls sys.exit when its service process exited non-zero; a run must go on."""
+    wandb = pytest.importorskip("wandb")
+
+    class FakeRun:
+        summary: dict = {}
+
+        def finish(self, exit_code=0):
+            pass
+
+    def teardown(*a, **k):
+        sys.exit(3)
+
+    monkeypatch.setattr(wandb, "run", None)
+    monkeypatch.setattr(wandb, "teardown", teardown)
+    with caplog.at_level(logging.WARNING):
+        Tracker(FakeRun()).close("completed")
+    assert "wandb finish failed (RuntimeError: wandb's service process exited with code 3)" in caplog.text
