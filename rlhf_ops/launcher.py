@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import console, gcpolicy
+from . import console, gcpolicy, memory
 from .artifacts import atomic_dir, check_output, write_meta
 
 STAGE_NAMES = ("sft", "reward", "ppo", "dpo", "rloo", "grpo", "rejection_sampling")
@@ -95,6 +95,7 @@ def _launch(spec: dict, launcher: dict) -> dict:
     proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=log, stderr=subprocess.STDOUT if log else None)
     if proc.returncode != 0:
         raise StageFailed(f"stage '{spec['stage']}' failed under accelerate launch (exit {proc.returncode}): {' '.join(cmd)}")
+    memory.collect_worker_peaks(tmp)
     result = json.loads((tmp / RESULT_FILE).read_text())
     (tmp / RESULT_FILE).unlink()
     spec_path.unlink()

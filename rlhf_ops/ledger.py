@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started_at TEXT, config
     status TEXT);
 CREATE TABLE IF NOT EXISTS stage_runs (id INTEGER PRIMARY KEY, run_id INTEGER, iteration INTEGER, node TEXT,
     status TEXT, started_at TEXT, ended_at TEXT, wall_s REAL, state_json TEXT, error TEXT,
-    state_delta_json TEXT, state_base_id INTEGER);
+    state_delta_json TEXT, state_base_id INTEGER, memory_json TEXT);
 CREATE INDEX IF NOT EXISTS stage_runs_by_node ON stage_runs (iteration, node, status);
 CREATE TABLE IF NOT EXISTS artifacts (id INTEGER PRIMARY KEY, stage_run_id INTEGER, iteration INTEGER,
     node TEXT, kind TEXT, path TEXT, sha256 TEXT, bytes INTEGER, created_at TEXT);
@@ -250,7 +250,8 @@ class Ledger:
     def _add_missing_columns(self) -> None:
         # A ledger written before state deltas existed lacks their columns; its rows all hold full states.
         have = {row["name"] for row in self._conn.execute("PRAGMA table_info(stage_runs)")}
-        for column, kind in (("state_delta_json", "TEXT"), ("state_base_id", "INTEGER")):
+        # One written before steps' peak memory was recorded lacks memory_json (NULL: not measured).
+        for column, kind in (("state_delta_json", "TEXT"), ("state_base_id", "INTEGER"), ("memory_json", "TEXT")):
             if column not in have:
                 try:
                     self._conn.execute(f"ALTER TABLE stage_runs ADD COLUMN {column} {kind}")
@@ -385,8 +386,10 @@ class Ledger:
                             started_at=_now())
 
     def finish_stage(self, stage_run_id: int, status: str, state: dict, wall_s: float,
-                     error: str | None = None) -> None:
-        """Record how a stage ended and the loop state after it (stored as a delta from the last finished one)."""
+                     error: str | None = None, memory: dict | None = None) -> None:
+        """Record how a stage ended and the loop state after it (stored as a delta from the last finished one);
+        `memory`: its peak memory (rlhf_ops.memory.step_peak), kept beside its wall time, not among its
+        metrics, which a resumed run reproduces and memory figures never exactly do."""
         if status not in STAGE_STATUSES:
             raise ValueError(f"unknown stage status {status!r}; expected one of {STAGE_STATUSES}")
         state = self._relocatable(json.loads(_encode(state)))  # our own copy, JSON types, paths relative
@@ -402,8 +405,9 @@ class Ledger:
             full, delta, base_id = (_encode(state), None, None) if base is None else (
                 None, _encode(_delta(base[1], state)), base[0])
             self._conn.execute("UPDATE stage_runs SET status = ?, ended_at = ?, wall_s = ?, error = ?, "
-                               "state_json = ?, state_delta_json = ?, state_base_id = ? WHERE id = ?",
-                               (status, _now(), wall_s, error, full, delta, base_id, stage_run_id))
+                               "state_json = ?, state_delta_json = ?, state_base_id = ?, memory_json = ? WHERE id = ?",
+                               (status, _now(), wall_s, error, full, delta, base_id,
+                                json.dumps(memory) if memory else None, stage_run_id))
             if status in ("done", "skipped"):
                 self._cache(stage_run_id, state)
 

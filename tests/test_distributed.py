@@ -119,6 +119,10 @@ def test_one_loop_iteration_under_zero2(experiment, extra, tmp_path):
     candidate = run_dir / "iter_000" / "policy_update" / "policy"
     assert is_adapter(candidate) == bool(extra)
     assert math.isfinite(summary["iterations"][0]["kl"])
+    # the largest worker's peak memory is recorded with the step that launched it (rlhf_ops.memory)
+    row = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    update = next(r for r in row if r["node"] == "policy_update" and r["iteration"] == 0)
+    assert update["peak_rss_worker_mb"] > 100 and update["peak_rss_mb"] > 0, update
 
 
 @pytest.mark.distributed

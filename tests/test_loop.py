@@ -43,6 +43,12 @@ def test_loop_end_to_end(full_run):
     done = ledger_rows(run_dir, "select iteration, node from stage_runs where status='done'")
     assert len(done) == len(set(done)) == 4 + 2 * 7, "setup + 2 x (collect..prune), each once"
     assert ledger_rows(run_dir, "select count(*) from artifacts where sha256 is not null")[0][0] > 5
+    # every step's peak memory beside its wall time (rlhf_ops.memory), and in metrics.jsonl
+    peaks = {(i, n): json.loads(m)["peak_rss_mb"] for i, n, m in
+             ledger_rows(run_dir, "select iteration, node, memory_json from stage_runs where status='done'")}
+    assert len(peaks) == len(done) and all(v > 100 for v in peaks.values()), peaks  # a process with torch: > 100 MB
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {(r["iteration"], r["node"]): r["peak_rss_mb"] for r in rows} == peaks
     good = json.loads((run_dir / "LATEST_GOOD").read_text())
     assert Path(good["policy"]).is_dir() and good["iteration"] == s["final"]["iteration"]
     store = run_dir / "preferences" / "store.parquet"

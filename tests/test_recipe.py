@@ -38,8 +38,8 @@ class CrashingLedger(Ledger):
         super().__init__(run_dir)
         self.injector = injector
 
-    def finish_stage(self, stage_run_id, status, state, wall_s, error=None):
-        super().finish_stage(stage_run_id, status, state, wall_s, error)
+    def finish_stage(self, stage_run_id, status, state, wall_s, error=None, memory=None):
+        super().finish_stage(stage_run_id, status, state, wall_s, error, memory)
         if status in ("done", "skipped"):
             iteration, node = self._conn.execute("SELECT iteration, node FROM stage_runs WHERE id = ?",
                                                  (stage_run_id,)).fetchone()

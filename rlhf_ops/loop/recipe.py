@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import gcpolicy
+from .. import gcpolicy, memory
 from ..artifacts import InputError
 from ..ledger import EXTERNAL_KIND, Ledger, hash_path, map_strings
 from .errors import AbandonIteration, RecipeError, StopLoop
@@ -50,6 +50,7 @@ class StepContext:
     artifacts: list[tuple[str, str]] = field(default_factory=list)
     rollbacks: list[dict] = field(default_factory=list)
     iteration_status: dict | None = None
+    memory: dict = field(default_factory=dict)  # the step's peak memory (rlhf_ops.memory), set by the runner
 
     def artifact(self, kind: str, path) -> str:
         self.artifacts.append((kind, str(path)))
@@ -150,6 +151,7 @@ class StepRunner:
         ctx = StepContext(self.cfg, state.copy(), iteration, step, self.run_dir, self._fresh_dir(iteration, step))
         stage_run_id = self.ledger.begin_stage(iteration, step)
         started = time.monotonic()
+        memory.reset()
         try:
             if self.on_step_start:
                 self.on_step_start(ctx)
@@ -162,6 +164,7 @@ class StepRunner:
                 ctx.state = state.copy()  # nothing the step half-did is kept
                 ctx.state.work.abandoned, ctx.state.work.abandon_remedies = f"{step}: {abandon.reason}", abandon.remedies
                 ctx.metrics, ctx.artifacts = {**abandon.metrics, "abandoned": 1.0}, []
+            ctx.memory = memory.step_peak()
             for hook in self.hooks:
                 hook("after", iteration, step)
             self._commit(ctx, stage_run_id, time.monotonic() - started)
@@ -170,7 +173,7 @@ class StepRunner:
             raise
         except BaseException as exc:
             self.ledger.finish_stage(stage_run_id, "failed", state.to_json(), time.monotonic() - started,
-                                     error=f"{type(exc).__name__}: {exc}")
+                                     error=f"{type(exc).__name__}: {exc}", memory=memory.step_peak())
             raise
         if self.on_step_end:
             self.on_step_end(ctx)
@@ -210,7 +213,7 @@ class StepRunner:
                 self.ledger.record_rollback(iteration=ctx.iteration, **rollback)
             if ctx.iteration_status:
                 self.ledger.set_iteration(ctx.iteration, **ctx.iteration_status)
-            self.ledger.finish_stage(stage_run_id, "done", ctx.state.to_json(), wall_s)
+            self.ledger.finish_stage(stage_run_id, "done", ctx.state.to_json(), wall_s, memory=ctx.memory)
         self._external.update(new_external)
 
     def _fresh_dir(self, iteration: int, step: str) -> Path:

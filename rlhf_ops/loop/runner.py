@@ -89,6 +89,11 @@ def write_derived(run_dir: Path, cfg: dict, ledger: Ledger, status: str, stopped
     for m in ledger.metrics():
         rows[(m["iteration"], m["node"])].setdefault("time", m["created_at"])
         rows[(m["iteration"], m["node"])][m["key"]] = m["value"]
+    for r in stage_rows:  # each finished step's peak memory (its last attempt's) beside its metrics
+        if r.get("status") == "done" and r.get("memory"):
+            row = rows[(r["iteration"], r["node"])]
+            row.setdefault("time", r["ended_at"])
+            row.update(r["memory"])
     write_text_atomic(run_dir / "metrics.jsonl", "".join(
         json.dumps({"time": r.pop("time"), "iteration": it, "node": node, **r}) + "\n" for (it, node), r in rows.items()))
     if good:
@@ -173,7 +178,7 @@ def run_loop(cfg: DictConfig) -> dict:
             console.end()
             write_derived(run_dir, plain, ledger, "running")
             _console(ctx)
-            tracker.log(ctx.iteration, ctx.step, ctx.metrics)
+            tracker.log(ctx.iteration, ctx.step, {**ctx.metrics, **ctx.memory})
 
         runner = StepRunner(typed, run_dir, ledger, on_step_start=step_start, on_step_end=step_end)
         try:

@@ -1,0 +1,80 @@
+"""rlhf_ops.memory: a step's peak memory is its own (the process's peak is reset at the step's start), a
+distributed stage's workers report theirs, and the runner records both beside the step's wall time.
+
+    pytest tests/test_memory.py
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from rlhf_ops import memory
+from rlhf_ops.ledger import Ledger
+from rlhf_ops.loop.recipe import StepRunner
+
+from test_recipe import cfg, fake_steps
+
+MB = 2 ** 20
+pytestmark = pytest.mark.skipif(memory._status_kb("VmHWM") is None, reason="needs Linux /proc/self/status")
+
+
+def _allocate_and_free(mb: int) -> None:
+    block = b"x" * (mb * MB)  # written, so resident (not lazily mapped zero pages)
+    del block  # a block this large is unmapped on free: the RSS drops, the peak stays
+
+
+def test_a_steps_peak_sees_its_allocation_and_a_reset_forgets_it():
+    memory.reset()
+    before = memory.own_peak()["rss_mb"]
+    _allocate_and_free(300)
+    peak = memory.step_peak()["peak_rss_mb"]
+    assert peak >= before + 280, (before, peak)
+    memory.reset()  # the next step starts from what is in use now
+    assert memory.step_peak()["peak_rss_mb"] < peak - 250
+
+
+def test_without_a_reset_no_rss_figure_is_given(monkeypatch, tmp_path):
+    """Where the peak cannot be reset (no /proc/self/clear_refs), the process's lifetime peak would be passed
+    off as the step's: no peak_rss_mb then."""
+    monkeypatch.setattr(memory, "CLEAR_REFS", tmp_path / "no_proc" / "clear_refs")
+    memory.reset()
+    assert "peak_rss_mb" not in memory.step_peak()
+
+
+def test_the_largest_worker_is_kept_and_its_files_removed(tmp_path, monkeypatch):
+    memory.reset()
+    for rank, rss in ((0, 900.5), (1, 1200.0)):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setattr(memory, "own_peak", lambda rss=rss: {"rss_mb": rss})
+        memory.write_worker_peak(tmp_path)
+    (tmp_path / "_peak_memory_rank2.json").write_text("{trunc")  # a worker killed mid-write: ignored
+    memory.collect_worker_peaks(tmp_path)
+    monkeypatch.undo()
+    assert memory.step_peak()["peak_rss_worker_mb"] == 1200.0
+    assert not list(tmp_path.glob(memory.WORKER_PEAK_GLOB))
+    memory.reset()
+    assert "peak_rss_worker_mb" not in memory.step_peak()  # a step's workers are its own
+
+
+def test_the_runner_records_each_steps_peak_beside_its_wall_time(tmp_path):
+    steps = fake_steps(Counter())
+    plain = steps["policy_update"]
+
+    def hungry_update(ctx):
+        _allocate_and_free(300)
+        plain(ctx)
+
+    steps["policy_update"] = hungry_update
+    with Ledger(tmp_path) as ledger:
+        ledger.start_run({})
+        StepRunner(cfg(iterations=2), tmp_path, ledger, fns=steps, hooks=[]).run()
+        rows = [r for r in ledger.stage_history() if r["status"] == "done"]
+        metric_keys = {m["key"] for m in ledger.metrics()}
+    assert len(rows) == 7 and all(r["memory"]["peak_rss_mb"] > 0 for r in rows)
+    by_step = {}
+    for r in rows:
+        by_step.setdefault(r["node"], []).append(r["memory"]["peak_rss_mb"])
+    assert min(by_step["policy_update"]) >= max(by_step["gate"]) + 250, by_step
+    assert not any(k.startswith("peak_") for k in metric_keys), "memory is no metric: a resume does not reproduce it"
