@@ -8,7 +8,8 @@ stops it after setup (SFT, reward-model warm-up, baseline) with the fault hook t
 `kill -9` before iteration 0's collect, then resumes it under `/usr/bin/time -v`: the resumed process runs
 exactly one iteration (collect, label, RM refresh, policy update, evaluate, gate), so its maximum resident
 set size is the iteration's peak. Prints one table row per run: method, LoRA, peak RSS, the iteration's wall
-time, the policy update's trainable parameters (PPO's include its value model, trained in full either way).
+time, the policy update's trainable parameters (PPO's include its value model, trained in full either way);
+then a table of each step's own peak (metrics.jsonl's peak_rss_mb: rlhf_ops.memory).
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def run(method: str, lora: int, model: str, out: Path) -> dict:
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", p.stderr).group(1)
     meta = json.loads((run_dir / "iter_000" / "policy_update" / "policy" / "stage_meta.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["node"]: r["peak_rss_mb"] / 1024 for r in rows if r["iteration"] == 0 and "peak_rss_mb" in r}
     return {"method": method, "lora": lora, "peak_rss_gb": rss_kb / 1024 ** 2, "wall": wall,
             "trainable": meta["metrics"].get("trainable_parameters"),
-            "iteration": summary["iterations"][0] if summary["iterations"] else None}
+            "iteration": summary["iterations"][0] if summary["iterations"] else None, "step_peak_gb": steps}
 
 
 def main() -> None:
@@ -85,6 +88,13 @@ def main() -> None:
                 it = r["iteration"] or {}
                 print(f"| {method} | {'r=' + str(lora) if lora else 'off'} | {r['peak_rss_gb']:.2f} GB | {r['wall']} | "
                       f"{r['trainable']} | {it.get('status')} kl={it.get('kl')} |", flush=True)
+    done = [r for r in rows if "error" not in r]
+    if done:  # each step's own peak (rlhf_ops.memory: the loop process's peak RSS, reset at the step's start)
+        steps = list(done[0]["step_peak_gb"])
+        print("\n| step | " + " | ".join(f"{r['method']} {'r=' + str(r['lora']) if r['lora'] else 'off'}" for r in done)
+              + " |\n|---|" + "---|" * len(done))
+        for step in steps:
+            print(f"| {step} | " + " | ".join(f"{r['step_peak_gb'].get(step, float('nan')):.2f} GB" for r in done) + " |")
 
 
 if __name__ == "__main__":
