@@ -78,3 +78,18 @@ def test_the_runner_records_each_steps_peak_beside_its_wall_time(tmp_path):
         by_step.setdefault(r["node"], []).append(r["memory"]["peak_rss_mb"])
     assert min(by_step["policy_update"]) >= max(by_step["gate"]) + 250, by_step
     assert not any(k.startswith("peak_") for k in metric_keys), "memory is no metric: a resume does not reproduce it"
+
+
+@pytest.mark.gpu
+def test_a_steps_gpu_peak_is_its_own():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.zeros(1, device="cuda")  # CUDA in use: memory never initialises it itself
+    memory.reset()
+    block = torch.empty(256 * MB, dtype=torch.uint8, device="cuda")
+    del block
+    peak = memory.step_peak()["peak_gpu_mb"]
+    assert peak >= 256
+    memory.reset()
+    assert memory.step_peak()["peak_gpu_mb"] < 1
