@@ -23,6 +23,7 @@ def test_loop_console_is_one_line_per_step_and_library_output_is_in_the_step_log
     assert len(lines) <= 13, "\n".join(lines)
     assert all(re.match(r"\[(setup|iter \d{3})\] |rlhf_ops: ", line) for line in lines), "\n".join(lines)
     assert "[iter 000] collect done" in p.stdout and "rlhf_ops: completed" in p.stdout
+    assert re.search(r"\[iter 000\] policy_update done .* peak_rss=\d+\.\d\dGB", p.stdout), p.stdout  # rlhf_ops.memory
     assert not [n for n in NOISE if n in p.stdout + p.stderr], p.stdout + p.stderr
     logs = run_dir / "logs"
     sft = (logs / "setup_sft.log").read_text()

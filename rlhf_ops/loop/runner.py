@@ -49,7 +49,10 @@ def _console(ctx) -> None:
         keys = [k for k in ("gold", "proxy", "kl", "heldout_accuracy", "final_loss", "n_pairs", "rm_updated",
                             "objective/scores", "objective/kl", "beta", "n_train_prompts", "n_completions", "eos_rate")
                 if k in m]
-        console.echo(" ".join([f"[{tag}] {ctx.step} done"] + [f"{k}={_f(m[k])}" for k in keys]))
+        # the step's peak memory (rlhf_ops.memory): the loop process's, and the largest worker's under a launcher
+        mem = [f"{k[:-3]}={ctx.memory[k] / 1024:.2f}GB" for k in ("peak_rss_mb", "peak_rss_worker_mb", "peak_gpu_mb",
+                                                                  "peak_gpu_worker_mb") if k in ctx.memory]
+        console.echo(" ".join([f"[{tag}] {ctx.step} done"] + [f"{k}={_f(m[k])}" for k in keys] + mem))
 
 
 def step_log(run_dir: Path, ctx) -> Path:
