@@ -1,13 +1,17 @@
-"""Peak memory of one loop step, recorded with its metrics (ledger, metrics.jsonl, wandb as STEP/peak_*):
+"""Peak memory of one loop step, recorded beside its wall time (ledger, metrics.jsonl, wandb as STEP/peak_*,
+the console's step line):
 
-    peak_rss_mb         the loop process's peak resident set during the step (Linux VmHWM, reset at the
-                        step's start by writing 5 to /proc/self/clear_refs); absent where that reset is not
-                        possible, since the process's lifetime peak would be passed off as the step's
+    peak_rss_mb         the loop process's peak resident set during the step
     peak_rss_worker_mb  a stage run under `accelerate launch` (launcher=zero2 / zero3 / multi_process): the
-                        largest of its worker processes' peaks (each a fresh process, so its VmHWM is its own)
+                        largest of its worker processes' peaks (each a fresh process: its VmHWM is its own)
     peak_gpu_mb         where CUDA is in use: torch's peak allocation on the current device during the step
                         (and the workers' largest, in peak_gpu_worker_mb)
 
+How the step's RSS peak is found without touching the process's own high-water mark (VmHWM, which is what
+`/usr/bin/time -v`, getrusage and the benchmarks' wait4 report; resetting it through /proc/self/clear_refs
+would make all of them report only the last step): a step that raises VmHWM has that as its peak, exactly;
+one that stays below the process's earlier high has the largest RSS a sampling thread saw (every
+SAMPLE_S seconds, and at the step's start and end), so a spike shorter than that can be missed there.
 The step's own figure answers "which step needs the memory": with LoRA, for one, the policy update stops
 being the largest (docs/performance.md).
 """
@@ -17,13 +21,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 WORKER_PEAK_GLOB = "_peak_memory_rank*.json"
-CLEAR_REFS = Path("/proc/self/clear_refs")  # writing 5 resets the process's peak RSS (VmHWM) to its current RSS
-
-_reset_ok = False
-_workers: dict[str, float] = {}
+SAMPLE_S = 0.02
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
 
 def _status_kb(key: str) -> int | None:
@@ -36,6 +39,14 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
+def _rss_kb() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_KB
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _cuda():
     """torch.cuda if this process already uses CUDA (never initialises it, never imports torch)."""
     torch = sys.modules.get("torch")
@@ -44,22 +55,50 @@ def _cuda():
     return torch.cuda
 
 
+class _Sampler(threading.Thread):
+    """The largest RSS seen every SAMPLE_S seconds until stopped."""
+
+    def __init__(self):
+        super().__init__(name="rlhf_ops-memory", daemon=True)
+        self.stopped = threading.Event()
+        self.peak_kb = _rss_kb() or 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(SAMPLE_S):
+            self.peak_kb = max(self.peak_kb, _rss_kb() or 0)
+
+    def stop(self) -> int:
+        self.stopped.set()
+        self.join()
+        return max(self.peak_kb, _rss_kb() or 0)
+
+
+class _Step:
+    def __init__(self):
+        self.hwm_start = _status_kb("VmHWM")
+        self.sampler = _Sampler() if self.hwm_start is not None and _rss_kb() is not None else None
+        if self.sampler is not None:
+            self.sampler.start()
+        self.workers: dict[str, float] = {}
+        self.result: dict | None = None
+
+
+_step: _Step | None = None
+
+
 def reset() -> None:
-    """Start a step: the process's peak RSS and CUDA peak go back to what is in use now."""
-    global _reset_ok
-    _workers.clear()
-    try:
-        CLEAR_REFS.write_text("5")
-        _reset_ok = _status_kb("VmHWM") is not None
-    except OSError:
-        _reset_ok = False
+    """Start a step: its RSS peak is watched from now, and the CUDA peak goes back to what is in use now."""
+    global _step
+    if _step is not None and _step.sampler is not None and _step.result is None:
+        _step.sampler.stop()
+    _step = _Step()
     cuda = _cuda()
     if cuda is not None:
         cuda.reset_peak_memory_stats()
 
 
 def own_peak() -> dict:
-    """This process's peaks since the last reset (or since it started), in MiB."""
+    """This process's peaks over its life (RSS: VmHWM) and since the last CUDA reset, in MiB."""
     out = {}
     hwm = _status_kb("VmHWM")
     if hwm is not None:
@@ -84,24 +123,34 @@ def collect_worker_peaks(directory: str | Path) -> None:
         except (OSError, ValueError):
             peak = {}
         f.unlink(missing_ok=True)
+        if _step is None:
+            continue
         for k, v in peak.items():
             if isinstance(v, (int, float)):
-                _workers[k] = max(_workers.get(k, 0.0), float(v))
+                _step.workers[k] = max(_step.workers.get(k, 0.0), float(v))
 
 
 def step_peak() -> dict:
-    """The step's peaks, as metrics (see the module's docstring)."""
-    own = own_peak()
-    out = {}
-    if _reset_ok and "rss_mb" in own:
-        out["peak_rss_mb"] = own["rss_mb"]
-    if "gpu_mb" in own:
-        out["peak_gpu_mb"] = own["gpu_mb"]
-    if "rss_mb" in _workers:
-        out["peak_rss_worker_mb"] = _workers["rss_mb"]
-    if "gpu_mb" in _workers:
-        out["peak_gpu_worker_mb"] = _workers["gpu_mb"]
-    return out
+    """End the step (a second call returns the same): its peaks, as metrics (see the module's docstring)."""
+    step = _step
+    if step is None:
+        return {}
+    if step.result is None:
+        out = {}
+        if step.sampler is not None:
+            sampled = step.sampler.stop()
+            hwm_end = _status_kb("VmHWM") or 0
+            # Above the process's earlier high: VmHWM is this step's peak, exactly. Below it: what was sampled.
+            out["peak_rss_mb"] = round((hwm_end if hwm_end > step.hwm_start else sampled) / 1024, 1)
+        cuda = _cuda()
+        if cuda is not None:
+            out["peak_gpu_mb"] = round(cuda.max_memory_allocated() / 2 ** 20, 1)
+        if "rss_mb" in step.workers:
+            out["peak_rss_worker_mb"] = step.workers["rss_mb"]
+        if "gpu_mb" in step.workers:
+            out["peak_gpu_worker_mb"] = step.workers["gpu_mb"]
+        step.result = out
+    return dict(step.result)
 
 
-__all__ = ["reset", "own_peak", "step_peak", "write_worker_peak", "collect_worker_peaks"]
+__all__ = ["reset", "own_peak", "step_peak", "write_worker_peak", "collect_worker_peaks", "SAMPLE_S"]

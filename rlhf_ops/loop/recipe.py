@@ -169,6 +169,7 @@ class StepRunner:
                 hook("after", iteration, step)
             self._commit(ctx, stage_run_id, time.monotonic() - started)
         except StopLoop:
+            memory.step_peak()  # ends the step's watch
             self.ledger.discard_stage(stage_run_id)  # as if it never started
             raise
         except BaseException as exc:
