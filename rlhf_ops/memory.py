@@ -149,9 +149,9 @@ def step_peak() -> dict:
             hwm_end = _status_kb("VmHWM") or 0
             # Above the process's earlier high: VmHWM is this step's peak, exactly. Below it: what was sampled.
             out["peak_rss_mb"] = round((hwm_end if hwm_end > step.hwm_start else sampled) / 1024, 1)
-        cuda = _cuda()
-        if cuda is not None:
-            out["peak_gpu_mb"] = round(cuda.max_memory_allocated() / 2 ** 20, 1)
+        gpu = own_peak().get("gpu_mb")  # since reset() set CUDA's peak back
+        if gpu is not None:
+            out["peak_gpu_mb"] = gpu
         if "rss_mb" in step.workers:
             out["peak_rss_worker_mb"] = step.workers["rss_mb"]
         if "gpu_mb" in step.workers:
